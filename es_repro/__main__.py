@@ -1,0 +1,3 @@
+from es_repro.main import main
+
+main()

@@ -1,0 +1,105 @@
+"""Text generation behind a small interface, so a faster engine (e.g. vLLM) can replace HF without touching ES.
+
+A Generator turns task rows into completion strings: greedy for training and accuracy, sampled for KL.
+Completions are cut right after the first stop string (e.g. "</answer>") and never include the prompt.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from es_repro.tasks.base import Row
+
+
+class Generator(Protocol):
+    def generate(self, rows: Sequence[Row], *, sample: bool = False, temperature: float = 1.0,
+                 max_new_tokens: int | None = None) -> list[str]: ...
+
+
+def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:
+    """raw: the row's prompt text (the paper's choice); chat: the tokenizer's chat template + assistant prefix."""
+    if prompt_format == "raw":
+        return row["prompt"]
+    if tokenizer.chat_template is None:
+        raise ValueError("task.prompt_format=chat but the tokenizer has no chat template; use task.prompt_format=raw")
+    text = tokenizer.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+    return text + row.get("assistant_prefix", "")
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Keep text up to and including the earliest stop string."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[: min(ends)] if ends else text
+
+
+class HFGenerator:
+    """Batched generation with HF transformers: left padding, stop strings, length-sorted batches."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, prompt_format: str,
+                 max_new_tokens: int, stop_strings: Sequence[str] = (), batch_size: int = 32, sort_by_length: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.prompt_format = prompt_format
+        self.max_new_tokens = max_new_tokens
+        self.stop_strings = tuple(stop_strings)
+        self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
+        self.generated_tokens = 0  # running count, for throughput reports
+
+    def prompts(self, rows: Sequence[Row]) -> list[str]:
+        return [render_prompt(r, self.tokenizer, self.prompt_format) for r in rows]
+
+    @torch.no_grad()
+    def generate(self, rows: Sequence[Row], *, sample: bool = False, temperature: float = 1.0,
+                 max_new_tokens: int | None = None) -> list[str]:
+        texts = self.prompts(rows)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if self.sort_by_length else list(range(len(texts)))
+        out: list[str] = [""] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, completion in zip(idx, self._generate_batch([texts[i] for i in idx], sample, temperature, max_new_tokens)):
+                out[i] = completion
+        return out
+
+    def _generate_batch(self, texts: list[str], sample: bool, temperature: float, max_new_tokens: int | None) -> list[str]:
+        _, completions = self._generate_ids(texts, sample, temperature, max_new_tokens)
+        decoded = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [cut_at_stop(t, self.stop_strings) for t in decoded]
+
+    def _generate_ids(self, texts: list[str], sample: bool, temperature: float, max_new_tokens: int | None
+                      ) -> tuple[list[list[int]], list[list[int]]]:
+        """Prompt ids (unpadded) and completion ids (up to and including EOS, no padding) of one batch."""
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        kwargs = dict(max_new_tokens=max_new_tokens or self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if sample:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.stop_strings:
+            kwargs.update(stop_strings=list(self.stop_strings), tokenizer=self.tokenizer)
+        width = enc["input_ids"].shape[1]
+        out = self.model.generate(**enc, **kwargs)
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        completions = [_trim(row[width:].tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) for row in out]
+        self.generated_tokens += sum(map(len, completions))
+        return prompts, completions
+
+    def generate_ids(self, rows: Sequence[Row], *, temperature: float, max_new_tokens: int | None = None
+                     ) -> list[tuple[list[int], list[int]]]:
+        """Sampled (prompt_ids, completion_ids) pairs, for scoring log-probabilities (KL)."""
+        texts = self.prompts(rows)
+        pairs: list[tuple[list[int], list[int]]] = []
+        for start in range(0, len(texts), self.batch_size):
+            prompts, completions = self._generate_ids(texts[start : start + self.batch_size], True, temperature, max_new_tokens)
+            pairs.extend(zip(prompts, completions))
+        return pairs
+
+
+def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
+    """Cut a generated row after its first EOS (kept) or at its first padding token."""
+    if eos_id is not None and eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+    elif pad_id is not None and pad_id in ids:
+        ids = ids[: ids.index(pad_id)]
+    return ids

@@ -1,0 +1,151 @@
+"""Typed run configuration: dataclass schemas for Hydra's ConfigStore, plus value checks.
+
+YAML under conf/ carries the values; these classes carry the types. Hydra rejects unknown keys and wrong
+types while composing; `validate` rejects bad values (naming the field and what is allowed) before any model
+loads. Nothing below es_repro.main sees a DictConfig: main converts to these objects first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+MODEL_SOURCES = ("hf", "gguf_package", "tiny_random")
+PROMPT_FORMATS = ("raw", "chat")
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names the field and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short label used in run names and tables
+    source: str = "hf"  # hf: HF id or local dir | gguf_package: GGUF shipped in a pip package | tiny_random: built in code
+    path: str = ""  # source=hf: HF id or local directory; source=gguf_package: the package's import name
+    gguf_file: str = ""  # source=gguf_package: file name inside the package
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"  # auto = cuda when available, else cpu
+    seed: int = 0  # source=tiny_random: init seed (the "base weights" of a test model)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # key in es_repro.tasks.TASKS
+    train_size: int = 200  # training prompts (the paper: 200 Countdown problems)
+    eval_size: int = 2000  # held-out prompts (the paper: 2000)
+    data_seed: int = 0  # seed of the task's data generator / split
+    prompt_format: str = "raw"  # raw: the task's prompt text as-is (paper) | chat: the tokenizer's chat template
+    max_new_tokens: int = 1024  # generation budget per completion (paper: 1024 Countdown, 100 Conciseness)
+    options: dict[str, Any] = field(default_factory=dict)  # task-specific builder keywords (see the task's builder)
+
+
+@dataclass
+class ESConfig:
+    population: int = 30  # N, members per generation
+    sigma: float = 1e-3  # perturbation scale (paper: 0.001)
+    alpha: float = 5e-4  # step size; update = alpha * mean_n(z_n * eps_n), sigma folded in (no 1/sigma)
+    generations: int = 500  # T, iterations (paper: 500 for Countdown)
+    noise: str = "iid"  # iid: tensor i seeded with seed+i | correlated: the paper's released code (same seed per tensor)
+    antithetic: bool = False  # mirrored pairs (+eps, -eps) sharing one seed; population must be even
+    fitness: str = "zscore"  # zscore (paper, ddof=0, +1e-8) | centered_rank
+    decay: float = 0.0  # pull toward the base weights each generation: theta -= decay * (theta - theta_base)
+    prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
+
+
+@dataclass
+class GenerationConfig:
+    batch_size: int = 32  # prompts per generate() call
+    sort_by_length: bool = True  # batch prompts of similar length together (less padding, same outputs)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50  # held-out evaluation every K generations (and always at the end); 0 = only at the end
+    size: int = 0  # eval rows used; 0 = all
+    kl_samples: int = 1  # sampled completions per eval prompt for KL to the base model; 0 disables KL
+    kl_prompts: int = 32  # eval prompts used for KL; 0 = all
+    kl_temperature: float = 1.0  # sampling temperature for the KL samples (1.0 gives the unbiased k3 estimate)
+    kl_max_new_tokens: int = 0  # 0 = the task's max_new_tokens
+    samples_to_log: int = 4  # completions written to samples.jsonl per evaluation
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "disabled"  # disabled | offline | online; metrics.jsonl is the source of truth either way
+    wandb_project: str = "es-repro"
+    wandb_entity: Optional[str] = None
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "default"  # results/<experiment>/<overrides> is the run directory
+    seed: int = 0  # run seed: member seeds of generation g come from (seed, g)
+    out_root: str = "results"
+    checkpoint_every: int = 10  # generations between checkpoints; the log replays the rest on resume
+    keep_checkpoints: int = 1  # newest checkpoints kept on disk
+    progress: bool = True  # tqdm progress bars
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    es: ESConfig = field(default_factory=ESConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be {bound}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value that types alone cannot; raise ConfigError naming the field and what is allowed."""
+    from es_repro.es import FITNESS_SHAPING  # local: keep this module import-light
+    from es_repro.noise import NOISE_MODES
+    from es_repro.tasks import TASKS
+
+    _one_of("model.source", cfg.model.source, MODEL_SOURCES)
+    _one_of("model.dtype", cfg.model.dtype, DTYPES)
+    _one_of("model.device", cfg.model.device, DEVICES)
+    if cfg.model.source in ("hf", "gguf_package") and not cfg.model.path:
+        raise ConfigError(f"model.path is empty; model.source={cfg.model.source} needs an HF id, a local directory or a package name")
+    _one_of("task.name", cfg.task.name, tuple(sorted(TASKS)))
+    _one_of("task.prompt_format", cfg.task.prompt_format, PROMPT_FORMATS)
+    _positive("task.train_size", cfg.task.train_size)
+    _positive("task.eval_size", cfg.task.eval_size)
+    _positive("task.max_new_tokens", cfg.task.max_new_tokens)
+    if cfg.es.population < 2:
+        raise ConfigError(f"es.population={cfg.es.population} is not allowed; it must be >= 2 (z-scores need two members)")
+    if cfg.es.antithetic and cfg.es.population % 2:
+        raise ConfigError(f"es.population={cfg.es.population} must be even when es.antithetic=true (mirrored pairs)")
+    _positive("es.sigma", cfg.es.sigma)
+    _positive("es.alpha", cfg.es.alpha)
+    _positive("es.generations", cfg.es.generations, allow_zero=True)
+    _one_of("es.noise", cfg.es.noise, NOISE_MODES)
+    _one_of("es.fitness", cfg.es.fitness, tuple(FITNESS_SHAPING))
+    if not 0.0 <= cfg.es.decay < 1.0:
+        raise ConfigError(f"es.decay={cfg.es.decay} is not allowed; it must be in [0, 1)")
+    _positive("es.prompts_per_generation", cfg.es.prompts_per_generation, allow_zero=True)
+    _positive("generation.batch_size", cfg.generation.batch_size)
+    _positive("eval.every", cfg.eval.every, allow_zero=True)
+    _positive("eval.kl_samples", cfg.eval.kl_samples, allow_zero=True)
+    _positive("eval.kl_temperature", cfg.eval.kl_temperature)
+    _positive("checkpoint_every", cfg.checkpoint_every)
+    _positive("keep_checkpoints", cfg.keep_checkpoints)
+    _one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    return cfg

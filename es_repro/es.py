@@ -1,0 +1,75 @@
+"""The evolution strategy as ask/tell over integer seeds (numpy only; no weights here).
+
+ask:  the member seeds of a generation, derived from (run seed, generation) alone, so any process can
+      recompute them and a resumed run draws the same ones.
+tell: rewards -> one update coefficient per member. The weights then move by
+      theta <- theta + sum_n coeff_n * eps_n, with coeff_n = alpha / N * sign_n * shaped_n.
+Fitness is MAXIMISED: a member with a higher reward pulls the weights toward its noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SEED_LIMIT = 2**31 - 1  # member seeds stay far below int64 after adding tensor indices
+
+
+@dataclass(frozen=True)
+class Member:
+    seed: int  # noise seed
+    sign: int  # +1, or -1 for the mirrored half of an antithetic pair
+
+
+def ask(run_seed: int, generation: int, population: int, antithetic: bool = False) -> list[Member]:
+    """The members of one generation; antithetic pairs are adjacent (+eps, -eps) with one shared seed."""
+    rng = np.random.default_rng([run_seed, generation])
+    if antithetic:
+        seeds = rng.integers(0, SEED_LIMIT, size=population // 2)
+        return [Member(int(s), sign) for s in seeds for sign in (1, -1)]
+    return [Member(int(s), 1) for s in rng.integers(0, SEED_LIMIT, size=population)]
+
+
+def zscore(rewards: np.ndarray) -> np.ndarray:
+    """The paper's shaping: (r - mean) / (population std, ddof=0, + 1e-8). A flat population gives zeros."""
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+
+
+def centered_rank(rewards: np.ndarray) -> np.ndarray:
+    """Ranks mapped to [-0.5, 0.5] (OpenAI-ES); ties share their mean rank, so a flat population gives zeros."""
+    n = len(rewards)
+    order = rewards.argsort(kind="stable")
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.arange(n, dtype=np.float64)
+    for value in np.unique(rewards):  # average the ranks of tied rewards
+        tied = rewards == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks / (n - 1) - 0.5
+
+
+FITNESS_SHAPING = {"zscore": zscore, "centered_rank": centered_rank}
+
+
+def tell(members: list[Member], rewards: list[float], alpha: float, shaping: str = "zscore") -> list[float]:
+    """Update coefficient per member: alpha / N * sign * shaped reward."""
+    if len(members) != len(rewards):
+        raise ValueError(f"{len(rewards)} rewards for {len(members)} members")
+    shaped = FITNESS_SHAPING[shaping](np.asarray(rewards, dtype=np.float64))
+    n = len(members)
+    return [float(alpha / n * m.sign * s) for m, s in zip(members, shaped)]
+
+
+def merge_by_seed(members: list[Member], coeffs: list[float]) -> list[tuple[int, float]]:
+    """Sum the coefficients of members sharing a seed (antithetic pairs), so each noise is drawn once."""
+    merged: dict[int, float] = {}
+    for m, c in zip(members, coeffs):
+        merged[m.seed] = merged.get(m.seed, 0.0) + c
+    return list(merged.items())
+
+
+def prompt_subset(run_seed: int, generation: int, n_rows: int, k: int) -> list[int]:
+    """Row indices a generation trains on: all when k == 0 or k >= n_rows, else a seeded subset of k."""
+    if k <= 0 or k >= n_rows:
+        return list(range(n_rows))
+    rng = np.random.default_rng([run_seed, generation, 1])
+    return sorted(int(i) for i in rng.choice(n_rows, size=k, replace=False))

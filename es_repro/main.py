@@ -1,0 +1,55 @@
+"""Hydra entry point: compose conf/, validate into typed dataclasses, run ES in a deterministic run directory.
+
+    python -m es_repro experiment=quickstart
+    python -m es_repro -m model=tiny-random seed=0,1,2     # multirun (local launcher)
+
+The run directory is results/<experiment>/<override_dirname> ("default" without overrides), so relaunching
+the same command resumes an unfinished run and skips a finished one.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from es_repro.config import ConfigError, RunConfig, register_schemas, validate
+
+# conf/ sits at the repository root (an editable install); an absolute path works under `python -m` too.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_schemas()
+if not OmegaConf.has_resolver("run_name"):
+    # An empty override list would give an empty directory name; call that run "default".
+    OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "default")
+
+
+def to_run_config(dcfg: DictConfig) -> RunConfig:
+    """DictConfig -> RunConfig (types checked by OmegaConf), then values checked by validate()."""
+    cfg = OmegaConf.to_object(dcfg)
+    return validate(cfg)
+
+
+def config_from_run_dir(run_dir: Path) -> RunConfig:
+    """The RunConfig a run was launched with, from its run.json."""
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    schema = OmegaConf.structured(RunConfig)
+    return to_run_config(OmegaConf.merge(schema, info["config"]))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(dcfg: DictConfig) -> dict:
+    try:
+        cfg = to_run_config(dcfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from es_repro.train_es import run_es  # heavy imports only after the config is known to be valid
+
+    return run_es(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""A run directory's records: run.json (config, git commit, host, status, times) and append-only JSONL logs.
+
+metrics.jsonl is the source of truth: one line per ES generation ({"kind": "train", ...}) and one per
+evaluation ({"kind": "eval", ...}). Each line is written with one write() and fsync'd, so a killed run leaves
+at most one torn last line, which readers drop. wandb, when enabled, only mirrors these lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+RUN_FILE, METRICS_FILE, SAMPLES_FILE = "run.json", "metrics.jsonl", "samples.jsonl"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Complete records of a JSONL file; a torn final line (killed mid-write) is skipped."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                return
+            yield json.loads(line)
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, wandb_run: Any = None):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.wandb = wandb_run
+
+    # run.json ---------------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        path = self.dir / RUN_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def start(self, config: dict, kind: str) -> None:
+        info = self.info()
+        info.update(config=config, kind=kind, git_commit=git_commit(), host=socket.gethostname(), status="running")
+        info.setdefault("started_at", time.time())
+        info["launches"] = info.get("launches", 0) + 1
+        write_json_atomic(self.dir / RUN_FILE, info)
+
+    def finish(self, summary: dict) -> None:
+        info = self.info()
+        info.update(status="finished", finished_at=time.time(), summary=summary)
+        write_json_atomic(self.dir / RUN_FILE, info)
+
+    def fail(self, error: str) -> None:
+        info = self.info()
+        info.update(status="failed", error=error)
+        write_json_atomic(self.dir / RUN_FILE, info)
+
+    def is_finished(self) -> bool:
+        return self.info().get("status") == "finished"
+
+    # JSONL logs -------------------------------------------------------------------------------------------
+    def records(self, kind: str | None = None) -> list[dict]:
+        return [r for r in read_jsonl(self.dir / METRICS_FILE) if kind is None or r.get("kind") == kind]
+
+    def append(self, record: dict, file: str = METRICS_FILE) -> None:
+        line = json.dumps(record, default=float) + "\n"
+        with open(self.dir / file, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.wandb is not None and file == METRICS_FILE:
+            step = record.get("generation", record.get("step"))
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+
+    def truncate_after(self, generation: int) -> None:
+        """Drop records past ``generation`` (and any torn line) before a resumed run appends again."""
+        path = self.dir / METRICS_FILE
+        if not path.is_file():
+            return
+        keep = [r for r in read_jsonl(path) if r.get("generation", -1) <= generation]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
+        os.replace(tmp, path)
+
+
+def open_wandb(mode: str, project: str, entity: str | None, name: str, config: dict, run_dir: Path) -> Any:
+    """A wandb run mirroring metrics.jsonl, or None when disabled. Resumes the same wandb run id on relaunch."""
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run_id = (name.replace("/", "-").replace("=", "_").replace(",", "-"))[-120:]
+    return wandb.init(mode=mode, project=project, entity=entity, name=name, id=run_id, resume="allow",
+                      config=config, dir=str(run_dir))

@@ -1,0 +1,34 @@
+"""Task registry: a task name in config maps to one builder here (one grep from YAML to code).
+
+A builder takes (train_size, eval_size, seed, **task.options) and returns a Task (see tasks/base.py).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from es_repro.tasks.base import Row, Task, columns, score
+from es_repro.tasks.conciseness import build_conciseness_task
+from es_repro.tasks.countdown import build_countdown_task
+from es_repro.tasks.synthetic import build_synthetic_task
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "countdown": build_countdown_task,
+    "conciseness": build_conciseness_task,
+    "synthetic": build_synthetic_task,
+}
+
+
+def build_task(name: str, train_size: int, eval_size: int, seed: int, options: dict | None = None) -> Task:
+    """Build a task by name; unknown names or options fail with the allowed values."""
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
+    builder = TASKS[name]
+    allowed = [p for p in inspect.signature(builder).parameters if p not in ("train_size", "eval_size", "seed")]
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"task.options {unknown} not accepted by task {name!r}; allowed options: {', '.join(allowed) or 'none'}")
+    return builder(train_size=train_size, eval_size=eval_size, seed=seed, **(options or {}))
+
+
+__all__ = ["TASKS", "Row", "Task", "build_task", "columns", "score"]

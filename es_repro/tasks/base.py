@@ -1,0 +1,45 @@
+"""The Task contract shared by ES, the RL baselines and the evaluator.
+
+A task is data plus pure functions over text:
+- rows: dicts with a ``prompt`` (the raw prompt text, the paper's choice), ``messages`` (the same request as
+  chat messages, without the assistant turn), ``assistant_prefix`` (text the assistant turn starts with, e.g.
+  "<think>"; "" for none) and whatever columns the reward reads (e.g. ``numbers``, ``target``).
+- reward(completions, **columns) -> list[float]: TRL's reward-function convention; unknown keyword arguments
+  are ignored. It scores the generated text only, never the prompt.
+- accuracy(completions, **columns) -> list[float]: 1.0 where the row counts as solved, else 0.0.
+Fitness is maximised everywhere: a larger reward is better.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+Row = dict[str, Any]
+RewardFn = Callable[..., list[float]]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    train_rows: list[Row]
+    eval_rows: list[Row]
+    reward: RewardFn
+    accuracy: RewardFn
+    # Generation stops once a completion contains one of these (e.g. "</answer>").
+    stop_strings: tuple[str, ...] = ()
+    # Extra per-task numbers worth logging at evaluation time: fn(completions, rows) -> {name: value}.
+    extra_metrics: Callable[[list[str], list[Row]], dict[str, float]] | None = field(default=None, repr=False)
+
+
+def columns(rows: Sequence[Row]) -> dict[str, list[Any]]:
+    """Turn rows into TRL-style keyword columns: {"target": [t0, t1, ...], ...} (``prompt`` included)."""
+    keys = sorted({k for row in rows for k in row})
+    return {k: [row.get(k) for row in rows] for k in keys}
+
+
+def score(fn: RewardFn, completions: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Call a reward/accuracy function on completions with the rows' columns as keyword arguments."""
+    if len(completions) != len(rows):
+        raise ValueError(f"{len(completions)} completions for {len(rows)} rows")
+    values = fn(list(completions), **columns(rows))
+    return [float(v) for v in values]

@@ -1,0 +1,88 @@
+"""Noise modes and the perturb / restore / update mechanics on real (tiny) model parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from es_repro.noise import tensor_noise
+from es_repro.tiny_model import build_tiny_model
+from es_repro.weights import ESWeights
+
+
+def test_correlated_equals_randn_reseeded_per_tensor_in_param_dtype():
+    params = [torch.zeros(3, 4, dtype=torch.bfloat16), torch.zeros(5, dtype=torch.float32), torch.zeros(3, 4)]
+    for i, p in enumerate(params):
+        g = torch.Generator(device=p.device)
+        g.manual_seed(1234)
+        expected = torch.randn(p.shape, generator=g, dtype=p.dtype, device=p.device)
+        noise = tensor_noise(p, i, 1234, "correlated")
+        assert noise.dtype == p.dtype and torch.equal(noise, expected)
+    # the paper's quirk: same seed, same shape -> the same noise in different tensors
+    assert torch.equal(tensor_noise(params[0].float(), 0, 9, "correlated"), tensor_noise(params[2], 2, 9, "correlated"))
+
+
+def test_iid_streams_are_seeded_by_seed_plus_index_and_uncorrelated():
+    a = torch.zeros(200_000)
+    n0, n1 = tensor_noise(a, 0, 77, "iid"), tensor_noise(a, 1, 77, "iid")
+    assert torch.equal(n1, torch.randn(a.shape, generator=torch.Generator().manual_seed(78)))
+    corr = torch.corrcoef(torch.stack([n0, n1]))[0, 1]
+    assert abs(float(corr)) < 0.01  # ~ N(0, 1/sqrt(2e5)) = 0.002 if independent
+    assert float(n0.std()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_unknown_noise_mode_is_an_error():
+    with pytest.raises(ValueError, match="iid"):
+        tensor_noise(torch.zeros(2), 0, 0, "lowrank")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["iid", "correlated"])
+def test_perturb_then_restore_is_bit_exact(dtype, mode):
+    model, _ = build_tiny_model(seed=1)
+    model.to(dtype)
+    weights = ESWeights(model, mode)
+    before = [p.detach().clone() for p in weights.params]
+    for seed in (11, 12):
+        weights.perturb(seed, 1e-3)
+        assert any(not torch.equal(a, b) for a, b in zip(before, weights.params))
+        weights.restore()
+        assert all(torch.equal(a, b) for a, b in zip(before, weights.params))
+
+
+def test_naive_bf16_add_subtract_is_not_exact():
+    """Why restore copies from a master: +sigma*eps then -sigma*eps in bf16 does not round-trip."""
+    p = torch.randn(10_000).to(torch.bfloat16)
+    eps = torch.randn(10_000).to(torch.bfloat16)
+    q = p.clone().add_(eps, alpha=1e-3).sub_(eps, alpha=1e-3)
+    assert not torch.equal(p, q)
+
+
+def test_update_accumulates_in_fp32_below_bf16_resolution():
+    model, _ = build_tiny_model(seed=2)
+    model.to(torch.bfloat16)
+    weights = ESWeights(model, "iid")
+    master0 = [m.clone() for m in weights.master]
+    weights.apply_update([(5, 1e-6)])  # far below bf16 spacing (~1e-2 relative) for most weights
+    moved = sum(int((m != m0).sum()) for m, m0 in zip(weights.master, master0))
+    assert moved > 0.9 * sum(m.numel() for m in master0)
+    # the working copy is the rounded master
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(weights.params, weights.master))
+
+
+def test_decay_pulls_toward_base():
+    model, _ = build_tiny_model(seed=2)
+    weights = ESWeights(model, "iid", keep_base=True)
+    weights.apply_update([(5, 0.1)], decay=0.0)
+    dist = sum(float((m - b).norm()) for m, b in zip(weights.master, weights.base))
+    weights.apply_update([], decay=0.5)
+    dist_after = sum(float((m - b).norm()) for m, b in zip(weights.master, weights.base))
+    assert dist_after == pytest.approx(dist * 0.5, rel=1e-5)
+
+
+def test_tied_weights_are_perturbed_once():
+    model, _ = build_tiny_model(tie_embeddings=True)
+    weights = ESWeights(model, "iid")
+    assert model.config.tie_word_embeddings
+    assert "lm_head.weight" not in weights.names
+    weights.perturb(3, 0.1)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -105,7 +105,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         metrics = result.metrics()
         if generation == 0:
             metrics["eval_kl"] = 0.0  # the base model against itself
-        record = {"kind": "eval", "generation": generation, "samples": state["samples"], **metrics}
+        record = {"kind": "eval", "step": generation, "generation": generation, "samples": state["samples"], **metrics}
         log.append(record)
         for s in result.samples:
             log.append({"generation": generation, **s}, file=SAMPLES_FILE)
@@ -135,7 +135,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         total = time.perf_counter() - t0
         r = np.asarray(rewards)
         log.append({
-            "kind": "train", "generation": g + 1, "samples": state["samples"],
+            "kind": "train", "step": g + 1, "generation": g + 1, "samples": state["samples"],
             "reward_mean": float(r.mean()), "reward_std": float(r.std()), "reward_min": float(r.min()), "reward_max": float(r.max()),
             "seeds": [m.seed for m in members], "signs": [m.sign for m in members], "rewards": rewards, "coeffs": coeffs,
             "update": update, "prompts": len(rows) if cfg.es.prompts_per_generation == 0 else row_ids,

@@ -52,12 +52,16 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, rows: Sequence[Row], *, sample: bool = False, temperature: float = 1.0,
-                 max_new_tokens: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, one_batch: bool = False) -> list[str]:
+        """Completions in row order. one_batch: all rows in a single generate call, in the given order
+        (population-batched ES needs each member's rows together)."""
         texts = self.prompts(rows)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if self.sort_by_length else list(range(len(texts)))
+        keep_order = one_batch or not self.sort_by_length
+        order = list(range(len(texts))) if keep_order else sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        step = len(texts) if one_batch else self.batch_size
         out: list[str] = [""] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
             for i, completion in zip(idx, self._generate_batch([texts[i] for i in idx], sample, temperature, max_new_tokens)):
                 out[i] = completion
         return out

@@ -1,9 +1,17 @@
 """Benchmark one ES generation: time split into generate / perturb / restore / update / reward, generated
 tokens per second, overhead fraction (non-generation time / total) and peak memory.
 
-    python -m es_repro.bench --model smollm2-135m --task countdown --population 8 --prompts 16 --max-new-tokens 128
+    python -m es_repro.bench --model smollm2-135m --task countdown --population 8 --prompts 16 --max-new-tokens 128 \
+        --modes paper,default,lowrank
 
-Runs on CPU here and on CUDA when one is visible (--device). Prints one table row per mode.
+Modes (each on a freshly loaded model, same seeds, one generation each):
+- paper:   the released loop: correlated noise regenerated to perturb, to restore and again in the update, in
+           the model dtype; generation without stop strings, prompts in their given order, all in one batch.
+- default: es-repro's path: noise drawn once to perturb, restore by copy from the fp32 master, fp32 update;
+           stop strings, length-sorted batches of generation.batch_size.
+- lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
+"effective tok/s" = generated tokens / whole generation time (all phases), the number the goals refer to.
+Runs on CPU here and on CUDA when one is visible (--device).
 """
 from __future__ import annotations
 
@@ -15,6 +23,9 @@ import numpy as np
 import torch
 
 from es_repro import es
+from es_repro.backends import HFGenerator
+from es_repro.lowrank import LowRankESWeights, evaluate_population
+from es_repro.paper_loop import PaperLoopWeights
 from es_repro.main import to_run_config
 from es_repro.models import load_model
 from es_repro.tasks import build_task
@@ -22,25 +33,47 @@ from es_repro.train_es import Timer, build_generator, evaluate_member
 from es_repro.weights import ESWeights
 
 
+MODES = ("paper", "default", "lowrank")
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def bench_generation(cfg, weights: ESWeights, generator, task, generation: int = 0) -> dict:
+def bench_generation(cfg, weights, generator, task, mode: str, generation: int = 0) -> dict:
     """One full ES generation (all members, then the update), timed per phase."""
     timer = Timer()
     tokens0, t0 = generator.generated_tokens, time.perf_counter()
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
     rows = task.train_rows
-    rewards = [evaluate_member(weights, m, cfg.es.sigma, generator, task, rows, timer) for m in members]
+    if mode == "lowrank":
+        rewards = evaluate_population(weights, members, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
+    else:
+        rewards = [evaluate_member(weights, m, cfg.es.sigma, generator, task, rows, timer) for m in members]
     with timer("update"):
         weights.apply_update(es.merge_by_seed(members, es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)))
     total = time.perf_counter() - t0
     tokens = generator.generated_tokens - tokens0
     out = {f"{k}_s": v for k, v in timer.totals.items()}
+    out.setdefault("perturb_s", 0.0)
+    out.setdefault("restore_s", 0.0)
     out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - timer.totals["generate"] / total,
                reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)))
     return out
+
+
+def setup(cfg, task, mode: str, args_rank: int = 1):
+    """Model, ES weights and generator for one benchmark mode, from a fresh load."""
+    model, tokenizer = load_model(cfg.model)
+    if mode == "paper":
+        weights = PaperLoopWeights(model, "correlated")
+        generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
+                                max_new_tokens=cfg.task.max_new_tokens, stop_strings=(),
+                                batch_size=len(task.train_rows), sort_by_length=False)
+    else:
+        weights = LowRankESWeights(model, rank=args_rank) if mode == "lowrank" else ESWeights(model, cfg.es.noise)
+        generator = build_generator(cfg, task, model, tokenizer)
+    return model, weights, generator
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,28 +91,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--prompt-format", default="raw")
+    ap.add_argument("--modes", default="default", help=f"comma-separated, from {MODES}")
+    ap.add_argument("--rank", type=int, default=1, help="lowrank mode: perturbation rank")
+    ap.add_argument("--members-per-forward", type=int, default=8, help="lowrank mode: members per batched generate")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     args = ap.parse_args(argv)
     overrides = [f"model={args.model}", f"task={args.task}", f"es.population={args.population}",
                  f"task.train_size={args.prompts}", f"task.max_new_tokens={args.max_new_tokens}",
                  f"generation.batch_size={args.batch_size}", f"model.device={args.device}", f"model.dtype={args.dtype}",
-                 f"task.prompt_format={args.prompt_format}", *args.overrides]
+                 f"task.prompt_format={args.prompt_format}", f"es.members_per_forward={args.members_per_forward}",
+                 *args.overrides]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_run_config(compose(config_name="config", overrides=overrides))
     torch.manual_seed(0)
     task = build_task(cfg.task.name, cfg.task.train_size, 1, cfg.task.data_seed, cfg.task.options)
-    model, tokenizer = load_model(cfg.model)
-    weights = ESWeights(model, cfg.es.noise)
-    generator = build_generator(cfg, task, model, tokenizer)
-    n_params = sum(p.numel() for p in weights.params)
-    print(f"model={cfg.model.name} params={n_params / 1e6:.1f}M device={model.device} dtype={model.dtype} "
-          f"N={cfg.es.population} prompts={len(task.train_rows)} max_new_tokens={cfg.task.max_new_tokens} "
-          f"threads={torch.get_num_threads()}")
-    r = bench_generation(cfg, weights, generator, task)
     cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s", "overhead"]
-    print("| " + " | ".join(cols + ["peak_rss_GiB"]) + " |")
-    print("|" + "---|" * (len(cols) + 1))
-    print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + f" | {peak_rss_gib():.2f} |")
+    print(f"model={cfg.model.name} N={cfg.es.population} prompts={len(task.train_rows)} "
+          f"max_new_tokens={cfg.task.max_new_tokens} threads={torch.get_num_threads()}")
+    print("| mode | " + " | ".join(cols + ["peak_rss_GiB", "reward_mean"]) + " |")
+    print("|---|" + "---|" * (len(cols) + 2))
+    results = {}
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            raise SystemExit(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
+        model, weights, generator = setup(cfg, task, mode, args.rank)
+        generator.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
+        r = results[mode] = bench_generation(cfg, weights, generator, task, mode)
+        print(f"| {mode} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+              + f" | {peak_rss_gib():.2f} | {r['reward_mean']:.4f} |", flush=True)
+        del model, weights, generator
+    if "paper" in results:
+        for mode, r in results.items():
+            if mode != "paper":
+                print(f"speed-up of {mode} over paper: {results['paper']['total_s'] / r['total_s']:.2f}x per generation")
     if torch.cuda.is_available():
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

@@ -27,7 +27,8 @@ def save_checkpoint(run_dir: Path, weights: ESWeights, tokenizer, state: dict, k
     root.mkdir(parents=True, exist_ok=True)
     name = f"gen-{state['generation']:06d}"
     final, tmp = root / name, root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".gen-*.tmp-*"):  # left by a writer killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     weights.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if any(p.dtype != torch.float32 for p in weights.params):

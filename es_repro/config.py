@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("hf", "gguf_package", "tiny_random")
 PROMPT_FORMATS = ("raw", "chat")
 WANDB_MODES = ("disabled", "offline", "online")
+BASELINE_METHODS = ("none", "grpo", "ppo")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,8 @@ class ESConfig:
     fitness: str = "zscore"  # zscore (paper, ddof=0, +1e-8) | centered_rank
     decay: float = 0.0  # pull toward the base weights each generation: theta -= decay * (theta - theta_base)
     prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
+    lowrank: int = 0  # 0: full-rank noise (the paper) | r > 0: opt-in population-batched rank-r perturbations (es_repro/lowrank.py)
+    members_per_forward: int = 8  # lowrank only: members that share one batched generate call
 
 
 @dataclass
@@ -83,6 +86,18 @@ class LoggerConfig:
 
 
 @dataclass
+class BaselineConfig:
+    method: str = "none"  # none: ES | grpo | ppo: the TRL trainers on the same model, task, evaluator and run log
+    samples_budget: int = 0  # completions generated in training (the paper's x-axis); 0 = this config's ES budget
+    kl_coef: float = 0.001  # KL coefficient to the base model: GRPO's beta, PPO's kl_coef (paper grid: 1e-3, 5e-3)
+    value_model: str = ""  # PPO critic backbone: "" = a copy of the policy's base model; else an HF id (local cache) or dir
+    value_learning_rate: float = 0.0  # PPO critic learning rate; 0 = baseline.trl.learning_rate (paper/verl: 1e-5)
+    eval_every_samples: int = 0  # held-out evaluation every this many completions; 0 = eval.every ES generations' worth
+    completions_to_log: int = 4  # training completions per step written to samples.jsonl (prompt, completion, reward)
+    trl: dict[str, Any] = field(default_factory=dict)  # passed as is to trl.GRPOConfig / trl.experimental.ppo.PPOConfig
+
+
+@dataclass
 class RunConfig:
     experiment: str = "default"  # results/<experiment>/<overrides> is the run directory
     seed: int = 0  # run seed: member seeds of generation g come from (seed, g)
@@ -96,10 +111,15 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 def register_schemas() -> None:
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    schema = OmegaConf.structured(RunConfig)
+    # baseline.trl passes TRL's own fields through: `baseline.trl.<field>=...` may add keys without Hydra's "+".
+    OmegaConf.set_struct(schema.baseline.trl, False)
+    OmegaConf.set_struct(schema.task.options, False)  # likewise each task builder's own keywords
+    ConfigStore.instance().store(name="run_schema", node=schema)
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
@@ -141,6 +161,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0.0 <= cfg.es.decay < 1.0:
         raise ConfigError(f"es.decay={cfg.es.decay} is not allowed; it must be in [0, 1)")
     _positive("es.prompts_per_generation", cfg.es.prompts_per_generation, allow_zero=True)
+    _positive("es.lowrank", cfg.es.lowrank, allow_zero=True)
+    _positive("es.members_per_forward", cfg.es.members_per_forward)
+    if cfg.es.lowrank and cfg.es.noise != "iid":
+        raise ConfigError(f"es.noise={cfg.es.noise} cannot be combined with es.lowrank={cfg.es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")
     _positive("generation.batch_size", cfg.generation.batch_size)
     _positive("eval.every", cfg.eval.every, allow_zero=True)
     _positive("eval.kl_samples", cfg.eval.kl_samples, allow_zero=True)
@@ -148,4 +172,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("checkpoint_every", cfg.checkpoint_every)
     _positive("keep_checkpoints", cfg.keep_checkpoints)
     _one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    _validate_baseline(cfg)
     return cfg
+
+
+def _validate_baseline(cfg: RunConfig) -> None:
+    b = cfg.baseline
+    _one_of("baseline.method", b.method, BASELINE_METHODS)
+    for name in ("samples_budget", "kl_coef", "value_learning_rate", "eval_every_samples", "completions_to_log"):
+        _positive(f"baseline.{name}", getattr(b, name), allow_zero=True)
+    if b.method == "none":
+        if b.trl:
+            raise ConfigError(f"baseline.trl={dict(b.trl)} is only used by baseline=grpo or baseline=ppo (baseline.method=none runs ES)")
+        return
+    from es_repro.baselines.trl_config import check_trl_config  # imports TRL: only for baseline runs
+
+    check_trl_config(cfg)

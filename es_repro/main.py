@@ -46,8 +46,14 @@ def main(dcfg: DictConfig) -> dict:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    if cfg.baseline.method != "none":  # baseline=grpo|ppo: TRL's trainers, same task, evaluator and run log
+        from es_repro.baselines import run_baseline
+
+        return run_baseline(cfg, Path(HydraConfig.get().runtime.output_dir))
+    from es_repro import distributed
     from es_repro.train_es import run_es  # heavy imports only after the config is known to be valid
 
+    distributed.init()  # torchrun or a multi-task submitit/SLURM job: the processes share one ES population
     return run_es(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from es_repro.weights import ESWeights
+from es_repro.weights import ESWeights, build_weights
 
 
 def seed_coeffs(record: dict) -> list[tuple[int, float]]:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg: RunConfig = config_from_run_dir(args.run_dir)
     records = [r for r in RunLog(args.run_dir).records("train") if args.generations is None or r["generation"] <= args.generations]
     model, tokenizer = load_model(cfg.model)
-    weights = ESWeights(model, cfg.es.noise, keep_base=cfg.es.decay > 0)
+    weights = build_weights(model, cfg.es)
     done = replay(weights, records, cfg.es.decay)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

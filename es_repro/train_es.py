@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from es_repro import es
+from es_repro import distributed, es
 from es_repro.backends import HFGenerator
 from es_repro.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from es_repro.config import RunConfig
@@ -21,7 +21,8 @@ from es_repro.models import load_model
 from es_repro.replay import replay
 from es_repro.runlog import SAMPLES_FILE, RunLog, open_wandb
 from es_repro.tasks import Task, build_task, score
-from es_repro.weights import ESWeights
+from es_repro.lowrank import evaluate_population
+from es_repro.weights import ESWeights, build_weights
 
 
 class Timer:
@@ -64,7 +65,8 @@ def evaluate_member(weights: ESWeights, member: es.Member, sigma: float, generat
 
 
 def resume(run_dir: Path, weights: ESWeights, log: RunLog, decay: float) -> dict:
-    """Newest checkpoint + replay of the generations logged after it. Returns {generation, samples}."""
+    """Newest checkpoint + replay of the generations logged after it. Returns {generation, samples}.
+    Every process reads the same files; rank 0 alone trims the log, once all have read it."""
     state = {"generation": 0, "samples": 0}
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
@@ -73,7 +75,9 @@ def resume(run_dir: Path, weights: ESWeights, log: RunLog, decay: float) -> dict
     done = replay(weights, train, decay, start=state["generation"])
     if done > state["generation"]:
         state = {"generation": done, "samples": next(r["samples"] for r in train if r["generation"] == done)}
-    log.truncate_after(state["generation"])
+    distributed.barrier()
+    if distributed.is_main():
+        log.truncate_after(state["generation"])
     return state
 
 
@@ -85,13 +89,15 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         return log.info().get("summary", {})
     task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
     model, tokenizer = load_model(cfg.model)
-    weights = ESWeights(model, cfg.es.noise, keep_base=cfg.es.decay > 0)
+    weights = build_weights(model, cfg.es)
     generator = build_generator(cfg, task, model, tokenizer)
     state = resume(run_dir, weights, log, cfg.es.decay)
     config = asdict(cfg)
-    log.start(config, kind="es")
-    log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
-                           f"{cfg.experiment}/{run_dir.name}", config, run_dir)
+    is_main = distributed.is_main()  # with several processes, rank 0 alone writes run.json, logs, checkpoints
+    if is_main:
+        log.start(config, kind="es")
+        log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
+                               f"{cfg.experiment}/{run_dir.name}", config, run_dir)
     base_model = None
 
     def run_eval(generation: int) -> dict:
@@ -114,45 +120,59 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         return record
 
     evaluated = {r["generation"] for r in log.records("eval")}
-    if state["generation"] == 0 and 0 not in evaluated and cfg.eval.every > 0:
+    if is_main and state["generation"] == 0 and 0 not in evaluated and cfg.eval.every > 0:
         run_eval(0)
 
     G, N = cfg.es.generations, cfg.es.population
-    bar = tqdm(total=G, initial=state["generation"], desc="ES generations", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=G, initial=state["generation"], desc="ES generations", disable=not (cfg.progress and is_main),
+               dynamic_ncols=True)
     for g in range(state["generation"], G):
         timer, t0, tokens0 = Timer(), time.perf_counter(), generator.generated_tokens
         members = es.ask(cfg.seed, g, N, cfg.es.antithetic)
         row_ids = es.prompt_subset(cfg.seed, g, len(task.train_rows), cfg.es.prompts_per_generation)
         rows = [task.train_rows[i] for i in row_ids]
-        rewards = []
-        for member in tqdm(members, desc=f"gen {g + 1} members", leave=False, disable=not cfg.progress):
-            rewards.append(evaluate_member(weights, member, cfg.es.sigma, generator, task, rows, timer))
+        # This process scores members[rank::world]; every process then holds all N rewards in member order.
+        mine = distributed.shard(members)
+        if cfg.es.lowrank:  # opt-in: several low-rank members share one batched generate
+            local = evaluate_population(weights, mine, cfg.es.sigma, generator, task, rows, timer,
+                                        cfg.es.members_per_forward)
+        else:
+            local = [evaluate_member(weights, member, cfg.es.sigma, generator, task, rows, timer)
+                     for member in tqdm(mine, desc=f"gen {g + 1} members", leave=False,
+                                        disable=not (cfg.progress and is_main))]
+        rewards = distributed.gather_sharded(local, N)
         coeffs = es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)
         update = es.merge_by_seed(members, coeffs)
         with timer("update"):
             weights.apply_update(update, decay=cfg.es.decay)
         state = {"generation": g + 1, "samples": state["samples"] + N * len(rows)}
         total = time.perf_counter() - t0
+        tokens = int(distributed.all_sum(generator.generated_tokens - tokens0))  # over all processes
+        if not is_main:
+            continue  # the update is applied; rank 0 logs, checkpoints and evaluates
         r = np.asarray(rewards)
         log.append({
             "kind": "train", "step": g + 1, "generation": g + 1, "samples": state["samples"],
             "reward_mean": float(r.mean()), "reward_std": float(r.std()), "reward_min": float(r.min()), "reward_max": float(r.max()),
             "seeds": [m.seed for m in members], "signs": [m.sign for m in members], "rewards": rewards, "coeffs": coeffs,
             "update": update, "prompts": len(rows) if cfg.es.prompts_per_generation == 0 else row_ids,
-            "tokens": generator.generated_tokens - tokens0, "time_total": total,
+            "tokens": tokens, "processes": distributed.world_size(), "time_total": total,
             **{f"time_{k}": v for k, v in timer.totals.items()}, "wall": time.time(),
         })
         bar.set_postfix(reward=f"{r.mean():.4f}", max=f"{r.max():.4f}", std=f"{r.std():.4f}")
         bar.update(1)
         tqdm.write(f"[train] generation {g + 1}/{G}: reward mean {r.mean():.4f} std {r.std():.4f} "
-                   f"max {r.max():.4f} ({total:.1f}s, {(generator.generated_tokens - tokens0) / total:.1f} tok/s)")
+                   f"max {r.max():.4f} ({total:.1f}s, {tokens / total:.1f} tok/s)")
         last = g + 1 == G
         if (g + 1) % cfg.checkpoint_every == 0 or last:
             save_checkpoint(run_dir, weights, tokenizer, state, keep=cfg.keep_checkpoints)
         if cfg.eval.every and (g + 1) % cfg.eval.every == 0 and not last:
             run_eval(g + 1)
     bar.close()
-    final = run_eval(state["generation"]) if G not in evaluated or state["generation"] != G else log.records("eval")[-1]
+    if not is_main:
+        return {}  # rank 0 runs the final evaluation and writes the summary
+    evals = log.records("eval")  # a relaunch after the last generation may find the final evaluation done
+    final = evals[-1] if evals and evals[-1]["generation"] == state["generation"] else run_eval(state["generation"])
     train = log.records("train")
     summary = {"generations": state["generation"], "samples": state["samples"],
                "final_train_reward": train[-1]["reward_mean"] if train else None,

@@ -68,3 +68,12 @@ class ESWeights:
         for n, p, m in zip(self.names, self.params, self.master):
             m.copy_(state[n])
             p.copy_(m)
+
+
+def build_weights(model: torch.nn.Module, es_cfg) -> "ESWeights":
+    """The ES view of a model for an ESConfig: full-rank noise (default) or low-rank population mode."""
+    if es_cfg.lowrank:
+        from es_repro.lowrank import LowRankESWeights  # local: lowrank builds on this module
+
+        return LowRankESWeights(model, rank=es_cfg.lowrank, keep_base=es_cfg.decay > 0)
+    return ESWeights(model, es_cfg.noise, keep_base=es_cfg.decay > 0)

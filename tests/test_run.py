@@ -111,3 +111,22 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     ref_train = RunLog(ref_dir).records("train")
     assert [r["rewards"] for r in train] == [r["rewards"] for r in ref_train]
     assert RunLog(killed_dir).info()["launches"] == 2
+
+
+def test_local_multirun_gives_one_finished_run_per_config(tmp_path):
+    cmd = [sys.executable, "-m", "es_repro", "-m", *TINY, "es.generations=2", "eval.kl_samples=0", "seed=0,1",
+           f"out_root={tmp_path}"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600, cwd=REPO)
+    runs = sorted(p.name for p in (tmp_path / "default").iterdir() if (p / "run.json").is_file())
+    assert len(runs) == 2 and all("seed=0" in r or "seed=1" in r for r in runs)
+    seeds = [RunLog(tmp_path / "default" / r).records("train")[0]["seeds"] for r in runs]
+    assert seeds[0] != seeds[1]  # the run seed drives the member seeds
+    assert all(RunLog(tmp_path / "default" / r).is_finished() for r in runs)
+
+
+def test_wandb_offline_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_es(make_cfg(["logger=wandb_offline", "es.generations=2", "eval.kl_samples=0"]), tmp_path)
+    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    assert len(RunLog(tmp_path).records("train")) == 2  # the JSONL log stays the source of truth

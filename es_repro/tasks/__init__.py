@@ -10,12 +10,16 @@ from typing import Callable
 from es_repro.tasks.base import Row, Task, columns, score
 from es_repro.tasks.conciseness import build_conciseness_task
 from es_repro.tasks.countdown import build_countdown_task
+from es_repro.tasks.esma import build_esma_task
+from es_repro.tasks.reasoning_gym import build_rg_task  # imports reasoning_gym only when a task is built
 from es_repro.tasks.synthetic import build_synthetic_task
 
 TASKS: dict[str, Callable[..., Task]] = {
     "countdown": build_countdown_task,
     "conciseness": build_conciseness_task,
     "synthetic": build_synthetic_task,
+    "rg": build_rg_task,
+    "esma": build_esma_task,
 }
 
 

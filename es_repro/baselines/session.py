@@ -1,0 +1,180 @@
+"""A baseline run's life in its run directory, shared by GRPO and PPO: the same run.json, metrics.jsonl and
+samples.jsonl as ES, the shared evaluator on a samples schedule, TRL checkpoints, resume and the final summary.
+
+Layout (beside ES's):
+    run.json, metrics.jsonl, samples.jsonl   as ES: kind "train" lines per optimizer step, "eval" lines
+    checkpoints/checkpoint-N/                TRL's checkpoint: HF-loadable model + tokenizer, optimizer, scheduler,
+                                             RNG state, trainer_state.json (PPO adds value_model.safetensors)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from es_repro.baselines.generation import RewardRecorder
+from es_repro.config import RunConfig
+from es_repro.evaluate import evaluate
+from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog, open_wandb, read_jsonl
+from es_repro.tasks.base import Task
+from es_repro.train_es import build_generator
+
+CKPT_DIR = "checkpoints"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def latest_checkpoint(run_dir: Path, markers: tuple[str, ...] = ("trainer_state.json",)) -> tuple[Path, int] | None:
+    """Newest complete TRL checkpoint and its step (TRL writes trainer_state.json after everything else)."""
+    found = []
+    root = checkpoint_root(run_dir)
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _CKPT.match(path.name)
+        if match and all((path / m).is_file() for m in markers):
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop log lines past `step` (logged after the checkpoint a resume starts from) and any torn line."""
+    for name in (METRICS_FILE, SAMPLES_FILE):
+        path = Path(run_dir) / name
+        if path.is_file():
+            keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
+            os.replace(tmp, path)
+
+
+def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
+    """Completions generated up to `step`, from its train line (or the schedule if that line is missing)."""
+    lines = [r for r in log.records("train") if r["step"] == step]
+    return lines[-1]["samples"] if lines else round(step * per_step)
+
+
+def start(cfg: RunConfig, log: RunLog, run_dir: Path) -> None:
+    config = asdict(cfg)
+    log.start(config, kind=cfg.baseline.method)
+    log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
+                           f"{cfg.experiment}/{Path(run_dir).name}", config, run_dir)
+
+
+class _QuietProgress(ProgressCallback):
+    """TRL's progress bar without its per-step dict of logs (metrics.jsonl and our [train] lines carry them)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+def quiet(trainer) -> None:
+    trainer.remove_callback(PrinterCallback)
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_QuietProgress)
+
+
+class Evaluator:
+    """The shared evaluator (es_repro.evaluate) on the policy being trained, every `every` completions."""
+
+    def __init__(self, cfg: RunConfig, task: Task, log: RunLog, policy, tokenizer, base_model: Callable, every: int):
+        self.cfg, self.task, self.log, self.policy, self.base_model = cfg, task, log, policy, base_model
+        self.generator = build_generator(cfg, task, policy, tokenizer)
+        self.every = every
+        evals = log.records("eval")
+        self.last_step = evals[-1]["step"] if evals else None
+        self.last_samples = evals[-1]["samples"] if evals else 0
+
+    def due(self, samples: int) -> bool:
+        return bool(self.every) and samples // self.every > self.last_samples // self.every
+
+    def run(self, step: int, samples: int) -> dict:
+        e, was_training = self.cfg.eval, self.policy.training
+        self.policy.eval()
+        try:
+            base = self.base_model() if step > 0 and e.kl_samples > 0 else None
+            result = evaluate(self.task, self.generator, base_model=base, size=e.size,
+                              kl_samples=e.kl_samples, kl_prompts=e.kl_prompts, kl_temperature=e.kl_temperature,
+                              kl_max_new_tokens=e.kl_max_new_tokens, samples_to_log=e.samples_to_log,
+                              seed=self.cfg.seed + step)
+        finally:
+            self.policy.train(was_training)
+        metrics = result.metrics()
+        if step == 0:
+            metrics["eval_kl"] = 0.0  # the base model against itself
+        record = {"kind": "eval", "step": step, "samples": samples, **metrics}
+        self.log.append(record)
+        for s in result.samples:
+            self.log.append({"kind": "eval", "step": step, **s}, file=SAMPLES_FILE)
+        self.last_step, self.last_samples = step, samples
+        kl = metrics["eval_kl"]
+        tqdm.write(f"[eval] step {step} ({samples} samples): accuracy {metrics['eval_accuracy']:.3f} "
+                   f"reward {metrics['eval_reward']:.4f} kl {kl if kl is None else round(kl, 5)}")
+        return record
+
+
+class RunLogCallback(TrainerCallback):
+    """Writes TRL's per-step log as a shared "train" line (plus a few completions), then evaluates when due.
+
+    reward_key names TRL's mean reward of the step: "reward" (GRPO), "objective/scores" (PPO)."""
+
+    def __init__(self, log: RunLog, recorder: RewardRecorder, evaluator: Evaluator, reward_key: str,
+                 completions_to_log: int):
+        self.log, self.recorder, self.evaluator = log, recorder, evaluator
+        self.reward_key, self.completions_to_log = reward_key, completions_to_log
+        self.t_last = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or self.reward_key not in logs:
+            return  # e.g. the trainer's end-of-training summary
+        step, (records, tokens) = state.global_step, self.recorder.take()
+        rewards = [r["reward"] for r in records]
+        now = time.perf_counter()
+        line = {"kind": "train", "step": step, "samples": self.recorder.samples, "reward_mean": logs[self.reward_key],
+                "reward_std": _std(rewards), "reward_min": min(rewards, default=None), "reward_max": max(rewards, default=None),
+                "completions": len(records), "tokens": tokens, "time_total": now - self.t_last, "wall": time.time(),
+                **{f"trl/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}}
+        self.t_last = now
+        self.log.append(line)
+        for r in records[: self.completions_to_log]:
+            self.log.append({"kind": "train", "step": step, **r}, file=SAMPLES_FILE)
+        mean = line["reward_mean"]
+        tqdm.write(f"[train] step {step}: {self.recorder.samples} samples, reward mean "
+                   f"{mean if mean is None else round(mean, 4)} ({line['time_total']:.1f}s)")
+        if self.evaluator.due(self.recorder.samples):
+            self.evaluator.run(step, self.recorder.samples)
+
+
+def _std(values: list[float]) -> float | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+
+def finish(log: RunLog, evaluator: Evaluator, step: int, samples: int, run_dir: Path) -> dict:
+    """Final evaluation (unless the last step was just evaluated), summary, run.json status finished."""
+    final = evaluator.run(step, samples) if evaluator.last_step != step else log.records("eval")[-1]
+    train = log.records("train")
+    summary = {"steps": step, "samples": samples, "final_train_reward": train[-1]["reward_mean"] if train else None,
+               **{k: v for k, v in final.items() if k.startswith("eval_")}}
+    log.finish(summary)
+    if log.wandb is not None:
+        log.wandb.summary.update(summary)
+        log.wandb.finish()
+    print(f"[es-repro] done: {step} steps, {samples} sample evaluations, eval accuracy {summary.get('eval_accuracy')}, "
+          f"eval reward {summary.get('eval_reward')}, run dir {run_dir}")
+    return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from trl import GRPOTrainer
 
@@ -65,7 +66,8 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     model, tokenizer = load_model(cfg.model)
     if cfg.baseline.kl_coef > 0:
         model.config._name_or_path = str(reference_dir(cfg, run_dir, model, tokenizer))
-        args.model_init_kwargs = {"dtype": str(model.dtype).removeprefix("torch.")}
+        if model.dtype != torch.float32:  # TRL loads the reference in float32 unless told (it warns either way)
+            args.model_init_kwargs = {"dtype": str(model.dtype).removeprefix("torch.")}
 
     resume = session.latest_checkpoint(run_dir)
     step0 = resume[1] if resume else 0

@@ -2,7 +2,11 @@
 tokens per second, overhead fraction (non-generation time / total) and peak memory.
 
     python -m es_repro.bench --model smollm2-135m --task countdown --population 8 --prompts 16 --max-new-tokens 128 \
-        --modes paper,default,lowrank
+        --modes paper@float32,default@float32,default@bfloat16,lowrank@bfloat16
+
+A mode may carry the model dtype after "@" (default: --dtype). --timed-members K evaluates only the first K members
+and scales their phases by N/K (every member costs the same: the same prompts and token budget), while the update
+is timed in full over all N members; this makes the N=30, 256-token goal setting measurable in minutes.
 
 Modes (each on a freshly loaded model, same seeds, one generation each):
 - paper:   the released loop: correlated noise regenerated to perturb, to restore and again in the update, in
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -40,31 +44,46 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def bench_generation(cfg, weights, generator, task, mode: str, generation: int = 0) -> dict:
-    """One full ES generation (all members, then the update), timed per phase."""
+MEMBER_PHASES = ("generate", "perturb", "restore", "reward")
+
+
+def bench_generation(cfg, weights, generator, task, mode: str, generation: int = 0, timed_members: int = 0) -> dict:
+    """One full ES generation (members, then the update over all N), timed per phase. timed_members=K>0: only the
+    first K members are evaluated and their phase times and tokens are scaled by N/K."""
     timer = Timer()
-    tokens0, t0 = generator.generated_tokens, time.perf_counter()
+    tokens0 = generator.generated_tokens
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
+    evaluated = members[:timed_members] if timed_members else members
     rows = task.train_rows
     if mode == "lowrank":
-        rewards = evaluate_population(weights, members, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
+        rewards = evaluate_population(weights, evaluated, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
     else:
-        rewards = [evaluate_member(weights, m, cfg.es.sigma, generator, task, rows, timer) for m in members]
+        rewards = [evaluate_member(weights, m, cfg.es.sigma, generator, task, rows, timer) for m in evaluated]
+    scale = len(members) / len(evaluated)
+    # The update's cost does not depend on the reward values; untimed members reuse the timed members' rewards.
+    all_rewards = [rewards[i % len(rewards)] for i in range(len(members))]
     with timer("update"):
-        weights.apply_update(es.merge_by_seed(members, es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)))
-    total = time.perf_counter() - t0
-    tokens = generator.generated_tokens - tokens0
-    out = {f"{k}_s": v for k, v in timer.totals.items()}
-    out.setdefault("perturb_s", 0.0)
-    out.setdefault("restore_s", 0.0)
-    out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - timer.totals["generate"] / total,
-               reward_mean=float(np.mean(rewards)), reward_std=float(np.std(rewards)))
+        weights.apply_update(es.merge_by_seed(members, es.tell(members, all_rewards, cfg.es.alpha, cfg.es.fitness)))
+    out = {f"{k}_s": timer.totals.get(k, 0.0) * (scale if k in MEMBER_PHASES else 1.0) for k in (*MEMBER_PHASES, "update")}
+    total = sum(out.values())
+    tokens = round((generator.generated_tokens - tokens0) * scale)
+    out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
+               gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
+               reward_std=float(np.std(rewards)), timed_members=len(evaluated))
     return out
 
 
-def setup(cfg, task, mode: str, args_rank: int = 1):
-    """Model, ES weights and generator for one benchmark mode, from a fresh load."""
-    model, tokenizer = load_model(cfg.model)
+def parse_mode(spec: str, default_dtype: str) -> tuple[str, str]:
+    """'default@bfloat16' -> ('default', 'bfloat16'); 'paper' -> ('paper', default_dtype)."""
+    mode, _, dtype = spec.partition("@")
+    if mode not in MODES:
+        raise SystemExit(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
+    return mode, dtype or default_dtype
+
+
+def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1):
+    """Model, ES weights and generator for one benchmark mode, from a fresh load in ``dtype``."""
+    model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
     if mode == "paper":
         weights = PaperLoopWeights(model, "correlated")
         generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
@@ -91,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--prompt-format", default="raw")
-    ap.add_argument("--modes", default="default", help=f"comma-separated, from {MODES}")
+    ap.add_argument("--modes", default="default", help=f"comma-separated, from {MODES}, each optionally @dtype")
+    ap.add_argument("--timed-members", type=int, default=0,
+                    help="evaluate only this many members and scale their phases by N/K (0 = all N)")
     ap.add_argument("--rank", type=int, default=1, help="lowrank mode: perturbation rank")
     ap.add_argument("--members-per-forward", type=int, default=8, help="lowrank mode: members per batched generate")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
@@ -105,25 +126,32 @@ def main(argv: list[str] | None = None) -> None:
         cfg = to_run_config(compose(config_name="config", overrides=overrides))
     torch.manual_seed(0)
     task = build_task(cfg.task.name, cfg.task.train_size, 1, cfg.task.data_seed, cfg.task.options)
-    cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s", "overhead"]
+    specs = [parse_mode(spec, args.dtype) for spec in args.modes.split(",")]
+    if args.timed_members and (args.timed_members > cfg.es.population or any(
+            m == "lowrank" and args.timed_members % cfg.es.members_per_forward for m, _ in specs)):
+        raise SystemExit(f"--timed-members={args.timed_members} must be <= N={cfg.es.population} and, with lowrank, "
+                         f"a multiple of --members-per-forward={cfg.es.members_per_forward}")
+    cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s",
+            "gen_tok_per_s", "overhead"]
     print(f"model={cfg.model.name} N={cfg.es.population} prompts={len(task.train_rows)} "
-          f"max_new_tokens={cfg.task.max_new_tokens} threads={torch.get_num_threads()}")
-    print("| mode | " + " | ".join(cols + ["peak_rss_GiB", "reward_mean"]) + " |")
-    print("|---|" + "---|" * (len(cols) + 2))
+          f"max_new_tokens={cfg.task.max_new_tokens} threads={torch.get_num_threads()} "
+          f"timed_members={args.timed_members or cfg.es.population}")
+    print("| mode | dtype | " + " | ".join(cols + ["peak_rss_GiB", "reward_mean"]) + " |")
+    print("|---|---|" + "---|" * (len(cols) + 2))
     results = {}
-    for mode in args.modes.split(","):
-        if mode not in MODES:
-            raise SystemExit(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
-        model, weights, generator = setup(cfg, task, mode, args.rank)
+    for mode, dtype in specs:
+        model, weights, generator = setup(cfg, task, mode, dtype, args.rank)
         generator.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
-        r = results[mode] = bench_generation(cfg, weights, generator, task, mode)
-        print(f"| {mode} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, weights, generator, task, mode,
+                                                          timed_members=args.timed_members)
+        print(f"| {mode} | {dtype} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {r['reward_mean']:.4f} |", flush=True)
         del model, weights, generator
-    if "paper" in results:
-        for mode, r in results.items():
-            if mode != "paper":
-                print(f"speed-up of {mode} over paper: {results['paper']['total_s'] / r['total_s']:.2f}x per generation")
+    papers = [k for k in results if k.startswith("paper@")]
+    for ref in papers:
+        for key, r in results.items():
+            if not key.startswith("paper@"):
+                print(f"speed-up of {key} over {ref}: {results[ref]['total_s'] / r['total_s']:.2f}x per generation")
     if torch.cuda.is_available():
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

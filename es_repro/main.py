@@ -8,6 +8,7 @@ the same command resumes an unfinished run and skips a finished one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,9 +22,22 @@ from es_repro.config import ConfigError, RunConfig, register_schemas, validate
 # conf/ sits at the repository root (an editable install); an absolute path works under `python -m` too.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schemas()
+MAX_RUN_NAME = 200  # file systems refuse names over 255 bytes; leave room for suffixes such as ".tmp"
+
+
+def run_name(overrides: str) -> str:
+    """A run directory's name from its overrides: "default" when there are none; a long one is cut and given a
+    hash of the whole, so two runs never share a directory and run.json still records every override."""
+    if not overrides:
+        return "default"
+    if len(overrides.encode()) <= MAX_RUN_NAME:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:12]
+    return overrides.encode()[: MAX_RUN_NAME - 13].decode(errors="ignore") + "~" + digest
+
+
 if not OmegaConf.has_resolver("run_name"):
-    # An empty override list would give an empty directory name; call that run "default".
-    OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "default")
+    OmegaConf.register_new_resolver("run_name", run_name)
 
 
 def to_run_config(dcfg: DictConfig) -> RunConfig:

@@ -69,6 +69,20 @@ class RunLog:
         info.update(status="finished", finished_at=time.time(), summary=summary)
         write_json_atomic(self.dir / RUN_FILE, info)
 
+    def finish_run(self, counts: dict, final_eval: dict, unit: str) -> dict:
+        """The end of a run (ES or baseline): a summary of ``counts`` ({unit: n, "samples": m}), the last train
+        reward and the final evaluation's eval_* numbers, into run.json (status finished) and wandb."""
+        train = self.records("train")
+        summary = {**counts, "final_train_reward": train[-1]["reward_mean"] if train else None,
+                   **{k: v for k, v in final_eval.items() if k.startswith("eval_")}}
+        self.finish(summary)
+        if self.wandb is not None:
+            self.wandb.summary.update(summary)
+            self.wandb.finish()
+        print(f"[es-repro] done: {counts[unit]} {unit}, {counts['samples']} sample evaluations, eval accuracy "
+              f"{summary.get('eval_accuracy')}, eval reward {summary.get('eval_reward')}, run dir {self.dir}")
+        return summary
+
     def fail(self, error: str) -> None:
         info = self.info()
         info.update(status="failed", error=error)

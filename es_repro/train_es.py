@@ -173,14 +173,4 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         return {}  # rank 0 runs the final evaluation and writes the summary
     evals = log.records("eval")  # a relaunch after the last generation may find the final evaluation done
     final = evals[-1] if evals and evals[-1]["generation"] == state["generation"] else run_eval(state["generation"])
-    train = log.records("train")
-    summary = {"generations": state["generation"], "samples": state["samples"],
-               "final_train_reward": train[-1]["reward_mean"] if train else None,
-               **{k: v for k, v in final.items() if k.startswith("eval_")}}
-    log.finish(summary)
-    if log.wandb is not None:
-        log.wandb.summary.update(summary)
-        log.wandb.finish()
-    print(f"[es-repro] done: {state['generation']} generations, {state['samples']} sample evaluations, "
-          f"eval accuracy {summary.get('eval_accuracy')}, eval reward {summary.get('eval_reward')}, run dir {run_dir}")
-    return summary
+    return log.finish_run({"generations": state["generation"], "samples": state["samples"]}, final, "generations")

@@ -20,3 +20,32 @@ def compose_cfg(overrides: list[str]):
 
 def make_cfg(overrides: list[str] = ()) -> RunConfig:
     return to_run_config(compose_cfg(TINY + list(overrides)))
+
+
+def single_thread_run(run_dir, overrides: list[str]):
+    """An ES run in this process with one thread, as each torchrun/SLURM task runs: the bit-exact reference for
+    multi-process runs (float reductions depend on the thread count)."""
+    import torch
+
+    from es_repro.train_es import run_es
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_es(make_cfg(overrides), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+def assert_same_final_weights(run_a, run_b) -> None:
+    """The newest checkpoints of two runs hold bit-identical weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from es_repro.checkpoint import latest_checkpoint
+
+    a, b = (load_file(latest_checkpoint(r) / "model.safetensors") for r in (run_a, run_b))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"

@@ -270,3 +270,20 @@ def test_cli_skips_artifacts_whose_runs_are_absent(tmp_path, capsys):
     assert (out / "table1.md").is_file() and not (out / "reward_vs_kl.png").exists()
     (tmp_path / "empty").mkdir()
     assert A.main([str(tmp_path / "empty"), "--out", str(out)]) == 2
+
+
+def test_stability_rows_that_differ_beyond_beta_alpha_sigma_say_how(tmp_path):
+    """Two ES settings with the same alpha and sigma (here: rank 0 vs 4) get an 'other' column telling them apart;
+    each row's numbers are its own runs' mean and std."""
+    for rank, kls in ((0, (0.1, 0.3)), (4, (0.5, 0.9))):
+        for seed, kl in enumerate(kls):
+            F.write_run(tmp_path / f"r{rank}s{seed}", "es", F.run_config("es", "m", "synthetic", seed, es={"lowrank": rank}),
+                        [F.train(1, 8, 0.5), F.evaluation(1, 8, 0.0, 0.5 + seed, kl)])
+    st = A.stability_table(A.load_runs(tmp_path)).set_index("other")
+    assert sorted(st.index) == ["lowrank=0", "lowrank=4"]
+    assert st.loc["lowrank=4", "kl_mean"] == pytest.approx(0.7) and st.loc["lowrank=4", "kl_std"] == pytest.approx(0.2828427)
+    assert st.loc["lowrank=0", "reward_mean"] == pytest.approx(1.0) and st.loc["lowrank=0", "n"] == 2
+    md = A.stability_markdown(A.stability_table(A.load_runs(tmp_path)))
+    assert "| other |" in md and "| lowrank=4 |" in md
+    # Without such differences the column is not shown.
+    assert "| other |" not in A.stability_markdown(A.stability_table(A.load_runs(tmp_path / "r0s0", tmp_path / "r0s1")))

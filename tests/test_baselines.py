@@ -301,3 +301,23 @@ def test_ppo_runs_logs_like_es_resumes_and_skips(tmp_path, monkeypatch, capsys):
     run_baseline(cfg, tmp_path)
     assert "already finished; skipping" in capsys.readouterr().out
     assert json.loads((tmp_path / "run.json").read_text())["launches"] == 2
+
+
+@pytest.mark.parametrize("exp,budget,steps", [("repro_countdown_cpu", 512, 32), ("repro_conciseness_cpu", 192, 12)])
+def test_cpu_reproduction_presets_give_every_method_the_same_budget(exp, budget, steps, tmp_path):
+    """The committed reproduction (results/repro_*_cpu): ES, GRPO and PPO points compose, validate and get the
+    same number of sample evaluations (ES: generations x N x prompts; RL: steps x completions per step)."""
+    from helpers import compose_cfg
+
+    from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
+    from es_repro.main import to_run_config
+
+    for baseline in ("none", "grpo_cpu", "ppo_cpu"):
+        cfg = to_run_config(compose_cfg([f"experiment={exp}", f"baseline={baseline}", "seed=2"]))
+        task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
+        es_budget = cfg.es.generations * cfg.es.population * len(task.train_rows)
+        assert es_budget == budget and cfg.seed == 2 and cfg.task.max_new_tokens == 32
+        if baseline == "none":
+            continue
+        plan = make_plan(cfg, len(task.train_rows), completions_per_step(cfg.baseline.method, build_args(cfg, tmp_path)))
+        assert (plan.budget, plan.per_step, plan.steps) == (budget, 16, steps)

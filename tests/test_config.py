@@ -72,3 +72,15 @@ def test_unknown_task_option_lists_allowed_options():
 
     with pytest.raises(ValueError, match="target_char"):
         build_task("synthetic", 2, 2, 0, {"colour": "red"})
+
+
+def test_long_override_lists_get_a_short_unique_directory_name():
+    from es_repro.main import MAX_RUN_NAME, run_name
+
+    assert run_name("") == "default" and run_name("seed=1") == "seed=1"
+    a = ",".join(f"baseline.trl.key_{i}=value" for i in range(40))
+    b = a + ",seed=2"  # the same first 200 bytes
+    assert len(a.encode()) > 255
+    assert len(run_name(a).encode()) <= MAX_RUN_NAME and len(run_name(b).encode()) <= MAX_RUN_NAME
+    assert run_name(a) != run_name(b) and run_name(a) == run_name(a)
+    assert run_name(a).startswith(a[:100])

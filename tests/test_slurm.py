@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from es_repro.runlog import RunLog
-from helpers import TINY, make_cfg
+from helpers import TINY, assert_same_final_weights, single_thread_run
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -69,35 +68,12 @@ def slurm() -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted single-process run, in this process, one thread (as each SLURM task runs)."""
-    from es_repro.train_es import run_es
-
-    run_dir = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_es(make_cfg(RUN), run_dir)
-    finally:
-        torch.set_num_threads(threads)
-    return run_dir
+    return single_thread_run(tmp_path_factory.mktemp("reference"), RUN)
 
 
 def _multirun(out_root: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "es_repro", "-m", "hydra/launcher=slurm_cpu", *TINY, *overrides,
             f"out_root={out_root}"]
-
-
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from es_repro.checkpoint import latest_checkpoint
-
-    return load_file(latest_checkpoint(run_dir) / "model.safetensors")
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 def _jobcomp(array_job: str) -> list[dict]:
@@ -187,7 +163,7 @@ def test_two_task_job_equals_single_process_run(slurm, tmp_path, reference):
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run_dir,) = [p for p in (tmp_path / "default").iterdir() if p.is_dir() and p.name.startswith("es.")]
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    assert_same_final_weights(run_dir, reference)
     train = RunLog(run_dir).records("train")
     assert [r["generation"] for r in train] == list(range(1, G + 1))
     assert {r["processes"] for r in train} == {2}
@@ -283,7 +259,7 @@ def test_requeued_job_resumes_in_its_run_directory(slurm, tmp_path, reference):
     # generations up to each requeue were written before it and kept; the rest came after the release
     assert all(r["wall"] < released1 for r in train[:first]) and all(r["wall"] > released1 for r in train[first:])
     assert all(r["wall"] < released2 for r in train[:second]) and all(r["wall"] > released2 for r in train[second:])
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    assert_same_final_weights(run_dir, reference)
     # what the cluster and submitit recorded
     assert "Restarts=2" in _sh(["scontrol", "show", "job", job], slurm)
     _wait_gone_from_queue(job, slurm)

@@ -7,7 +7,8 @@ import pandas as pd
 
 from es_repro.analysis.paper import method_name, paper_table1, paper_table2
 from es_repro.analysis.render import DASH, fmt, latex_table, markdown_table, mean_std
-from es_repro.analysis.select import FACET, base_evals, best_settings, final_evals, method_key, require, seed_stats
+from es_repro.analysis.select import (FACET, base_evals, best_settings, final_evals, method_key, require, seed_stats,
+                                     setting_label, varying_keys)
 
 METHOD_ORDER = ["base", "es", "ppo", "grpo_g8", "grpo_g30", "grpo", "grpo_verl", "drgrpo_verl"]
 TABLE1_TASK = "countdown"  # the paper's Table 1 numbers are Countdown accuracies; Table 2 rows name their task
@@ -117,9 +118,23 @@ def stability_table(df: pd.DataFrame, finished_only: bool = True, ddof: int = 1,
     if not out:
         raise NoData("stability_table: no finished run logged an evaluation after training")
     table = pd.DataFrame(out)
+    table["other"] = _other_differences(table)
     if min_reward is not None:
         table = table[table["reward_mean"] > min_reward]
     return _join_paper2(table).reset_index(drop=True)
+
+
+_SHOWN = ("alpha", "sigma", "kl_coef", "learning_rate", "beta")  # hyperparameters that have their own columns
+
+
+def _other_differences(table: pd.DataFrame) -> list[str]:
+    """Per row, the config values (other than beta/alpha/sigma) that tell it apart from the same method's other
+    rows, e.g. 'lowrank=4' or 'generations=60'; '' where nothing else differs."""
+    labels = {}
+    for _, g in table.groupby(["task", "model", "method"], sort=False):
+        keys = [k for k in varying_keys(sorted(set(g["setting"]))) if k.rsplit(".", 1)[-1] not in _SHOWN]
+        labels.update({s: setting_label(s, keys) for s in g["setting"]})
+    return [labels[s] for s in table["setting"]]
 
 
 def _join_paper2(table: pd.DataFrame) -> pd.DataFrame:
@@ -141,9 +156,12 @@ STABILITY_CAPTION = ("Stability (the paper's Table 2 format): final reward and K
 
 
 def _stability_rows(st: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["Task", "Model", "Method", "beta", "alpha", "sigma", "reward", "KL", "reward (paper)", "KL (paper)"]
-    rows = [[r["task"], r["model"], method_name(r["method"]), fmt(r["beta"], "g"), fmt(r["alpha"], "g"),
-             fmt(r["sigma"], "g"), mean_std(r["reward_mean"], r["reward_std"], r["n"]),
+    other = "other" in st.columns and st["other"].astype(bool).any()  # a column only when some row needs it
+    header = ["Task", "Model", "Method", *(["other"] if other else []), "beta", "alpha", "sigma", "reward", "KL",
+              "reward (paper)", "KL (paper)"]
+    rows = [[r["task"], r["model"], method_name(r["method"]), *([r["other"] or DASH] if other else []),
+             fmt(r["beta"], "g"), fmt(r["alpha"], "g"), fmt(r["sigma"], "g"),
+             mean_std(r["reward_mean"], r["reward_std"], r["n"]),
              mean_std(r["kl_mean"], r["kl_std"], r["n"]),
              mean_std(r["paper_reward_mean"], r["paper_reward_std"])
              + (f" ({r['paper_note']})" if r["paper_note"] else ""),

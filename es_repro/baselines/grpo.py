@@ -63,7 +63,7 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     root = session.checkpoint_root(run_dir)
     plan = make_plan(cfg, len(task.train_rows), completions_per_step("grpo", build_args(cfg, root)))
     args = build_args(cfg, root, steps=plan.steps, save_steps=plan.save_steps)
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, training=True)
     if cfg.baseline.kl_coef > 0:
         model.config._name_or_path = str(reference_dir(cfg, run_dir, model, tokenizer))
         if model.dtype != torch.float32:  # TRL loads the reference in float32 unless told (it warns either way)
@@ -82,17 +82,13 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
 
     def base_model():  # the shared evaluator's KL reference: TRL's reference model when it has one
         if "model" not in base:
-            base["model"] = trainer.ref_model if trainer.ref_model is not None else load_model(cfg.model)[0]
+            base["model"] = trainer.ref_model if trainer.ref_model is not None else load_model(cfg.model, training=True)[0]
         return base["model"]
 
     evaluator = session.Evaluator(cfg, task, log, model, tokenizer, base_model, plan.eval_every_samples)
     trainer.add_callback(session.RunLogCallback(log, recorder, evaluator, "reward", cfg.baseline.completions_to_log))
-    session.start(cfg, log, run_dir)
-    print(f"[es-repro] GRPO: {plan.budget} samples = {plan.steps} steps x {plan.per_step:g} completions"
-          + (f", resuming at step {step0}" if resume else ""))
-    if resume is None and evaluator.every and evaluator.last_step is None:
-        evaluator.run(0, 0)
+    session.start(cfg, log, run_dir, evaluator, plan, step0)
     trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    summary = session.finish(log, evaluator, trainer.state.global_step, recorder.samples, run_dir)
+    summary = session.finish(log, evaluator, trainer.state.global_step, recorder.samples)
     hook.remove()
     return summary

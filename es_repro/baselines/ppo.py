@@ -117,10 +117,10 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     resume = session.latest_checkpoint(run_dir, markers=("trainer_state.json", VALUE_FILE))
     step0 = resume[1] if resume else 0
 
-    ref_model, tokenizer = load_model(cfg.model)  # the base: PPO's KL reference and the evaluator's
+    ref_model, tokenizer = load_model(cfg.model, training=True)  # the base: PPO's KL reference and the evaluator's
     policy_cfg = replace(cfg.model, source="hf", path=str(resume[0])) if resume else cfg.model
-    policy, _ = load_model(policy_cfg)
-    critic, critic_tokenizer = load_model(critic_config(cfg))
+    policy, _ = load_model(policy_cfg, training=True)
+    critic, critic_tokenizer = load_model(critic_config(cfg), training=True)
     if critic_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"baseline.value_model={cfg.baseline.value_model!r} does not share the policy's tokenizer")
     value = ValueModel(critic)
@@ -153,13 +153,9 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     trainer.add_callback(ContinueSteps(step0, round(step0 * plan.per_step), plan.steps))
     evaluator = session.Evaluator(cfg, task, log, policy, tokenizer, lambda: ref_model, plan.eval_every_samples)
     trainer.add_callback(session.RunLogCallback(log, recorder, evaluator, "objective/scores", cfg.baseline.completions_to_log))
-    session.start(cfg, log, run_dir)
-    print(f"[es-repro] PPO: {plan.budget} samples = {plan.steps} steps x {plan.per_step:g} completions"
-          + (f", resuming at step {step0}" if resume else ""))
-    if resume is None and evaluator.every and evaluator.last_step is None:
-        evaluator.run(0, 0)
+    session.start(cfg, log, run_dir, evaluator, plan, step0)
     if args.num_total_batches > 0:
         trainer.train()
-    summary = session.finish(log, evaluator, max(trainer.state.global_step, step0), recorder.samples, run_dir)
+    summary = session.finish(log, evaluator, max(trainer.state.global_step, step0), recorder.samples)
     hook.remove()
     return summary

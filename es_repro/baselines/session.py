@@ -66,11 +66,16 @@ def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
     return lines[-1]["samples"] if lines else round(step * per_step)
 
 
-def start(cfg: RunConfig, log: RunLog, run_dir: Path) -> None:
+def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", plan, step0: int) -> None:
+    """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
     config = asdict(cfg)
     log.start(config, kind=cfg.baseline.method)
     log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                            f"{cfg.experiment}/{Path(run_dir).name}", config, run_dir)
+    print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "
+          f"{plan.per_step:g} completions" + (f", resuming at step {step0}" if step0 else ""))
+    if step0 == 0 and evaluator.every and evaluator.last_step is None:
+        evaluator.run(0, 0)
 
 
 class _QuietProgress(ProgressCallback):
@@ -165,16 +170,7 @@ def _std(values: list[float]) -> float | None:
     return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
 
 
-def finish(log: RunLog, evaluator: Evaluator, step: int, samples: int, run_dir: Path) -> dict:
+def finish(log: RunLog, evaluator: Evaluator, step: int, samples: int) -> dict:
     """Final evaluation (unless the last step was just evaluated), summary, run.json status finished."""
     final = evaluator.run(step, samples) if evaluator.last_step != step else log.records("eval")[-1]
-    train = log.records("train")
-    summary = {"steps": step, "samples": samples, "final_train_reward": train[-1]["reward_mean"] if train else None,
-               **{k: v for k, v in final.items() if k.startswith("eval_")}}
-    log.finish(summary)
-    if log.wandb is not None:
-        log.wandb.summary.update(summary)
-        log.wandb.finish()
-    print(f"[es-repro] done: {step} steps, {samples} sample evaluations, eval accuracy {summary.get('eval_accuracy')}, "
-          f"eval reward {summary.get('eval_reward')}, run dir {run_dir}")
-    return summary
+    return log.finish_run({"steps": step, "samples": samples}, final, "steps")

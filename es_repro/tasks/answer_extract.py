@@ -20,22 +20,27 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 
 
-def last_tag_block(completion: Any, open_tag: str = ANSWER_OPEN, close_tag: str = ANSWER_CLOSE) -> str | None:
+def last_block(text: str, open_tag: str, close_tag: str) -> str | None:
     """Content of the last complete ``open_tag ... close_tag`` block, blocks taken left to right without
     overlap (the semantics of ``re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)[-1]``); None if there
-    is none, if ``completion`` is not a string, or if it is longer than MAX_COMPLETION_CHARS."""
-    if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
-        return None
+    is none. Linear in len(text): each find starts where the previous block ended."""
     found, pos = None, 0
     while True:
-        start = completion.find(open_tag, pos)
+        start = text.find(open_tag, pos)
         if start < 0:
             return found
-        end = completion.find(close_tag, start + len(open_tag))
+        end = text.find(close_tag, start + len(open_tag))
         if end < 0:
             return found
-        found = completion[start + len(open_tag):end]
+        found = text[start + len(open_tag):end]
         pos = end + len(close_tag)
+
+
+def last_tag_block(completion: Any, open_tag: str = ANSWER_OPEN, close_tag: str = ANSWER_CLOSE) -> str | None:
+    """last_block of a completion; None if ``completion`` is not a string or is longer than MAX_COMPLETION_CHARS."""
+    if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    return last_block(completion, open_tag, close_tag)
 
 
 def extract_answer(completion: Any, max_chars: int) -> str | None:

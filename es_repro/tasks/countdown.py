@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from es_repro.tasks.answer_extract import last_block
 from es_repro.tasks.base import Row, Task
 from es_repro.tasks.countdown_check import MAX_DIGITS, check_answer
 
@@ -26,6 +27,14 @@ USER_TEMPLATE = (
     "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
 )
 ASSISTANT_PREFIX = "Let me solve this step by step.\n<think>"
+# task.options.prefill=answer: the assistant turn is pre-filled up to "<answer>", so the model writes only the
+# equation. A CPU-scale variant: a 135M model never closes </think> within a few hundred tokens, which leaves
+# every ES member (and every GRPO sample) with reward exactly 0. The prefill counts as written by the assistant
+# when scoring, so the format reward still requires "</answer>" to be produced by the model.
+PREFILLS = {
+    "think": ASSISTANT_PREFIX,
+    "answer": ASSISTANT_PREFIX + " I will write the equation directly.\n</think>\n<answer>",
+}
 FILE_SIZES = (3, 4)  # how many numbers a problem read from a file may have (the paper's data: 3 or 4)
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
@@ -38,24 +47,25 @@ def user_text(numbers: Sequence[int], target: int) -> str:
     return USER_TEMPLATE.format(numbers=list(numbers), target=target)
 
 
-def build_prompt(numbers: Sequence[int], target: int) -> str:
+def build_prompt(numbers: Sequence[int], target: int, assistant_prefix: str = ASSISTANT_PREFIX) -> str:
     """The raw prompt text the paper fed the model, with Qwen chat markers written by hand."""
     return (
         f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
         f"<|im_start|>user\n{user_text(numbers, target)}<|im_end|>\n"
-        f"<|im_start|>assistant\n{ASSISTANT_PREFIX}"
+        f"<|im_start|>assistant\n{assistant_prefix}"
     )
 
 
-def make_row(numbers: Sequence[int], target: int, solution: str = "", prompt: str | None = None) -> Row:
+def make_row(numbers: Sequence[int], target: int, solution: str = "", prompt: str | None = None,
+             assistant_prefix: str = ASSISTANT_PREFIX) -> Row:
     numbers = [int(x) for x in numbers]
     return {
-        "prompt": build_prompt(numbers, target) if prompt is None else prompt,
+        "prompt": build_prompt(numbers, target, assistant_prefix) if prompt is None else prompt,
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user_text(numbers, target)},
         ],
-        "assistant_prefix": ASSISTANT_PREFIX,
+        "assistant_prefix": assistant_prefix,
         "numbers": numbers,
         "target": int(target),
         "solution": solution,
@@ -94,20 +104,23 @@ def _has_block(text: str, open_tag: str, close_tag: str) -> bool:
 
 
 def last_answer(completion: str) -> str | None:
-    """Content of the last <answer>...</answer> block, blocks taken left to right without overlap (as
-    ``re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)[-1]``), or None if there is none."""
+    """Content of the last <answer>...</answer> block (see answer_extract.last_block), or None if there is none."""
     if not isinstance(completion, str):
         return None
-    found, pos = None, 0
-    while True:
-        start = completion.find(_ANSWER_OPEN, pos)
-        if start < 0:
-            return found
-        end = completion.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
-        if end < 0:
-            return found
-        found = completion[start + len(_ANSWER_OPEN):end]
-        pos = end + len(_ANSWER_CLOSE)
+    return last_block(completion, _ANSWER_OPEN, _ANSWER_CLOSE)
+
+
+def scored_text(completion: str, assistant_prefix: str | None) -> str:
+    """What the rewards read: the part of the assistant prefix after "<think>" (empty for the paper's prefix)
+    followed by the completion, so a pre-filled "</think>\n<answer>" counts as the assistant's own text."""
+    if not isinstance(completion, str) or not assistant_prefix or _THINK_OPEN not in assistant_prefix:
+        return completion
+    return assistant_prefix.split(_THINK_OPEN, 1)[1] + completion
+
+
+def _scored(completions: list[str], assistant_prefix: list[str] | None) -> list[str]:
+    prefixes = assistant_prefix if assistant_prefix is not None else [None] * len(completions)
+    return [scored_text(c, p) for c, p in zip(completions, prefixes, strict=True)]
 
 
 def answer_reward(completion: str, numbers: Sequence[int], target: int) -> float:
@@ -116,20 +129,25 @@ def answer_reward(completion: str, numbers: Sequence[int], target: int) -> float
     return 1.0 if answer is not None and check_answer(answer, numbers, target) else 0.0
 
 
-def reward(completions: list[str], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
+def reward(completions: list[str], numbers: list[list[int]], target: list[int],
+           assistant_prefix: list[str] | None = None, **_: Any) -> list[float]:
+    completions = _scored(completions, assistant_prefix)
     return [
         0.1 * format_reward(c) + answer_reward(c, nums, t)
         for c, nums, t in zip(completions, numbers, target, strict=True)
     ]
 
 
-def accuracy(completions: list[str], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
+def accuracy(completions: list[str], numbers: list[list[int]], target: list[int],
+             assistant_prefix: list[str] | None = None, **_: Any) -> list[float]:
+    completions = _scored(completions, assistant_prefix)
     return [answer_reward(c, nums, t) for c, nums, t in zip(completions, numbers, target, strict=True)]
 
 
 def _extra_metrics(completions: list[str], rows: list[Row]) -> dict[str, float]:
     if not completions:
         return {}
+    completions = _scored(completions, [row.get("assistant_prefix") for row in rows])
     formats = [format_reward(c) for c in completions]
     return {
         "format_reward": sum(formats) / len(formats),
@@ -276,6 +294,16 @@ def load_problems(path: str | Path) -> list[Row]:
     return [_row_from_record(r, f"{path.name} row {i}") for i, r in enumerate(_read_records(path))]
 
 
+def _with_prefix(rows: list[Row], assistant_prefix: str) -> list[Row]:
+    """The same problems with another assistant prefix; a verbatim prompt read from a file cannot be changed."""
+    out = []
+    for row in rows:
+        if row["prompt"] != build_prompt(row["numbers"], row["target"]):
+            raise ValueError("task.options.prefill needs prompts built by es-repro; the data file gives its own prompt text")
+        out.append(make_row(row["numbers"], row["target"], row["solution"], assistant_prefix=assistant_prefix))
+    return out
+
+
 def build_countdown_task(
     train_size: int = 200,
     eval_size: int = 2000,
@@ -285,9 +313,13 @@ def build_countdown_task(
     train_from_file: int = 200,
     max_number: int = 99,
     max_target: int = 999,
+    prefill: str = "think",
 ) -> Task:
     """From a file: the first ``train_from_file`` rows train (at most train_size of them), the rest eval (at most
-    eval_size), as in the paper's 2200-row file. Otherwise freshly generated splits."""
+    eval_size), as in the paper's 2200-row file. Otherwise freshly generated splits. ``prefill`` picks the
+    assistant prefix from PREFILLS ("think": the paper's)."""
+    if prefill not in PREFILLS:
+        raise ValueError(f"task.options.prefill={prefill!r} is not allowed; choose one of {', '.join(PREFILLS)}")
     if data_path is not None:
         rows = load_problems(data_path)
         if len(rows) <= train_from_file:
@@ -297,6 +329,8 @@ def build_countdown_task(
         train_rows, eval_rows = make_splits(
             train_size, eval_size, seed, sizes, max_number=max_number, max_target=max_target
         )
+    if prefill != "think":
+        train_rows, eval_rows = _with_prefix(train_rows, PREFILLS[prefill]), _with_prefix(eval_rows, PREFILLS[prefill])
     return Task(
         name="countdown",
         train_rows=train_rows,

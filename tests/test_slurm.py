@@ -216,6 +216,10 @@ def _release_when_requeued(job: str, metrics: Path, env: dict) -> tuple[int, flo
         return state.stdout.strip() == "PENDING"
 
     _wait(pending, f"job {job} to be requeued (PENDING)", timeout=120)
+    # slurmctld revokes the job's old launch credential with one-second resolution: a restart allocated within
+    # the same second as the requeue gets a credential that counts as revoked too, and the job is killed
+    # ("Killing non-startable batch JobId=...: Job credential revoked" in slurmctld.log; seen in full-suite runs).
+    time.sleep(2)
     logged = _train_count(metrics)
     released = time.time()
     _sh(["scontrol", "update", f"jobid={job}", "StartTime=now"], env)

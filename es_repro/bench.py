@@ -28,12 +28,12 @@ import torch
 
 from es_repro import es
 from es_repro.backends import HFGenerator
-from es_repro.lowrank import LowRankESWeights, evaluate_population
+from es_repro.lowrank import LowRankESWeights
 from es_repro.paper_loop import PaperLoopWeights
 from es_repro.main import to_run_config
 from es_repro.models import load_model
 from es_repro.tasks import build_task
-from es_repro.train_es import Timer, build_generator, evaluate_member
+from es_repro.train_es import Timer, build_generator, evaluate_members
 from es_repro.weights import ESWeights
 
 
@@ -47,7 +47,7 @@ def peak_rss_gib() -> float:
 MEMBER_PHASES = ("generate", "perturb", "restore", "reward")
 
 
-def bench_generation(cfg, weights, generator, task, mode: str, generation: int = 0, timed_members: int = 0) -> dict:
+def bench_generation(cfg, weights, generator, task, generation: int = 0, timed_members: int = 0) -> dict:
     """One full ES generation (members, then the update over all N), timed per phase. timed_members=K>0: only the
     first K members are evaluated and their phase times and tokens are scaled by N/K."""
     timer = Timer()
@@ -55,10 +55,7 @@ def bench_generation(cfg, weights, generator, task, mode: str, generation: int =
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
     evaluated = members[:timed_members] if timed_members else members
     rows = task.train_rows
-    if mode == "lowrank":
-        rewards = evaluate_population(weights, evaluated, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
-    else:
-        rewards = [evaluate_member(weights, m, cfg.es.sigma, generator, task, rows, timer) for m in evaluated]
+    rewards = evaluate_members(weights, evaluated, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
     scale = len(members) / len(evaluated)
     # The update's cost does not depend on the reward values; untimed members reuse the timed members' rewards.
     all_rewards = [rewards[i % len(rewards)] for i in range(len(members))]
@@ -142,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     for mode, dtype in specs:
         model, weights, generator = setup(cfg, task, mode, dtype, args.rank)
         generator.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
-        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, weights, generator, task, mode,
+        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, weights, generator, task,
                                                           timed_members=args.timed_members)
         print(f"| {mode} | {dtype} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {r['reward_mean']:.4f} |", flush=True)

@@ -42,8 +42,8 @@ class LowRankESWeights(ESWeights):
         self.matrix_ids = sorted({i for _, i in self.users})
 
     @contextmanager
-    def population(self, members: Sequence[Member], sigma: float, rows_per_member: int):
-        """Inside: the model's batch rows [m*P, (m+1)*P) compute with member m's perturbation."""
+    def population(self, members: Sequence[Member], sigma: float):
+        """Inside: the batch is split into k equal blocks of rows, block m computing with member m's perturbation."""
         k = len(members)
         scale = torch.tensor([m.sign * sigma / math.sqrt(self.rank) for m in members])
         factors = {}
@@ -112,7 +112,7 @@ def evaluate_population(weights: LowRankESWeights, members: Sequence[Member], si
     for start in range(0, len(members), per_forward):
         chunk = members[start : start + per_forward]
         batch = [row for _ in chunk for row in rows]  # member-major: member j owns rows [j*P, (j+1)*P)
-        with weights.population(chunk, sigma, len(rows)):
+        with weights.population(chunk, sigma):
             with timer("generate"):
                 completions = generator.generate(batch, one_batch=True)
         with timer("reward"):

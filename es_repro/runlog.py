@@ -105,15 +105,17 @@ class RunLog:
             step = record.get("generation", record.get("step"))
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
 
-    def truncate_after(self, generation: int) -> None:
-        """Drop records past ``generation`` (and any torn line) before a resumed run appends again."""
-        path = self.dir / METRICS_FILE
-        if not path.is_file():
-            return
-        keep = [r for r in read_jsonl(path) if r.get("generation", -1) <= generation]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
-        os.replace(tmp, path)
+    def truncate_after(self, value: int, key: str = "generation", files: tuple[str, ...] = (METRICS_FILE,)) -> None:
+        """Drop records whose ``key`` is past ``value`` (and any torn line) before a resumed run appends again;
+        records without ``key`` are kept. ES truncates by generation, the RL baselines by step."""
+        for name in files:
+            path = self.dir / name
+            if not path.is_file():
+                continue
+            keep = [r for r in read_jsonl(path) if r.get(key, value) <= value]
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
+            os.replace(tmp, path)
 
 
 def open_wandb(mode: str, project: str, entity: str | None, name: str, config: dict, run_dir: Path) -> Any:

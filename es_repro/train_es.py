@@ -21,7 +21,7 @@ from es_repro.models import load_model
 from es_repro.replay import replay
 from es_repro.runlog import SAMPLES_FILE, RunLog, open_wandb
 from es_repro.tasks import Task, build_task, score
-from es_repro.lowrank import evaluate_population
+from es_repro.lowrank import LowRankESWeights, evaluate_population
 from es_repro.weights import ESWeights, build_weights
 
 
@@ -62,6 +62,16 @@ def evaluate_member(weights: ESWeights, member: es.Member, sigma: float, generat
         with timer("restore"):
             weights.restore()
     return float(np.mean(rewards))
+
+
+def evaluate_members(weights: ESWeights, members: list, sigma: float, generator: HFGenerator, task: Task, rows: list,
+                     timer: Timer, members_per_forward: int, progress: str = "") -> list[float]:
+    """Rewards of ``members`` in order: one by one, or for low-rank weights (es.lowrank) several members sharing one
+    batched generate. ``progress``: a per-member progress bar with this label ("" = none)."""
+    if isinstance(weights, LowRankESWeights):
+        return evaluate_population(weights, members, sigma, generator, task, rows, timer, members_per_forward)
+    return [evaluate_member(weights, member, sigma, generator, task, rows, timer)
+            for member in tqdm(members, desc=progress, leave=False, disable=not progress)]
 
 
 def resume(run_dir: Path, weights: ESWeights, log: RunLog, decay: float) -> dict:
@@ -133,13 +143,8 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         rows = [task.train_rows[i] for i in row_ids]
         # This process scores members[rank::world]; every process then holds all N rewards in member order.
         mine = distributed.shard(members)
-        if cfg.es.lowrank:  # opt-in: several low-rank members share one batched generate
-            local = evaluate_population(weights, mine, cfg.es.sigma, generator, task, rows, timer,
-                                        cfg.es.members_per_forward)
-        else:
-            local = [evaluate_member(weights, member, cfg.es.sigma, generator, task, rows, timer)
-                     for member in tqdm(mine, desc=f"gen {g + 1} members", leave=False,
-                                        disable=not (cfg.progress and is_main))]
+        local = evaluate_members(weights, mine, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward,
+                                 progress=f"gen {g + 1} members" if cfg.progress and is_main else "")
         rewards = distributed.gather_sharded(local, N)
         coeffs = es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)
         update = es.merge_by_seed(members, coeffs)

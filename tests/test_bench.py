@@ -25,7 +25,7 @@ def _setup(overrides=()):
 def test_bench_numbers_follow_their_definitions(timed):
     cfg, task, model, generator = _setup()
     weights = ESWeights(model, cfg.es.noise)
-    r = bench.bench_generation(cfg, weights, generator, task, "default", timed_members=timed)
+    r = bench.bench_generation(cfg, weights, generator, task, timed_members=timed)
     phases = ["generate_s", "perturb_s", "restore_s", "reward_s", "update_s"]
     assert r["total_s"] == pytest.approx(sum(r[p] for p in phases))
     assert r["overhead"] == pytest.approx(1 - r["generate_s"] / r["total_s"])
@@ -38,7 +38,7 @@ def test_timed_members_still_apply_the_full_update():
     cfg, task, model, generator = _setup()
     weights = ESWeights(model, cfg.es.noise)
     before = [m.clone() for m in weights.master]
-    r = bench.bench_generation(cfg, weights, generator, task, "default", timed_members=2)
+    r = bench.bench_generation(cfg, weights, generator, task, timed_members=2)
     # Redo by hand: the two timed members' rewards, reused cyclically for all N members, one update.
     members = es.ask(cfg.seed, 0, cfg.es.population, cfg.es.antithetic)
     ref_model, ref_tokenizer = load_model(cfg.model)

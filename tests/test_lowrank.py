@@ -35,7 +35,7 @@ def test_batched_forward_equals_each_member_perturbed_explicitly(tie):
     weights = LowRankESWeights(model, rank=2)
     members = [Member(5, 1), Member(9, -1), Member(5, -1)]
     ids = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
-    with weights.population(members, 0.1, rows_per_member=2):
+    with weights.population(members, 0.1):
         logits = model(input_ids=ids.repeat(3, 1)).logits
     for j, m in enumerate(members):
         expected = explicitly_perturbed(0, tie, weights, m, 0.1)(input_ids=ids).logits

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import tempfile
 import time
 from pathlib import Path
 
+from es_repro.bench import peak_rss_gib
 from es_repro.runlog import RunLog
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 class _TrainLineClock:

@@ -18,7 +18,7 @@ from es_repro.baselines.generation import (RewardRecorder, StopStringHook, datas
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
 from es_repro.config import RunConfig
 from es_repro.models import gguf_checkpoint, load_model
-from es_repro.runlog import RunLog
+from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
 
 
@@ -71,7 +71,7 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
 
     resume = session.latest_checkpoint(run_dir)
     step0 = resume[1] if resume else 0
-    session.truncate_logs(run_dir, step0)
+    log.truncate_after(step0, key="step", files=(METRICS_FILE, SAMPLES_FILE))  # lines logged after the checkpoint
     recorder = RewardRecorder(session.resumed_samples(log, step0, plan.per_step) if resume else 0)
     trainer = TaskGRPOTrainer(model=model, reward_funcs=[make_reward_function(task, recorder)], args=args,
                               train_dataset=Dataset.from_list(dataset_rows(task.train_rows, tokenizer, cfg.task.prompt_format)),

@@ -34,7 +34,7 @@ from es_repro.baselines.trl_config import build_args, completions_per_step, make
 from es_repro.backends import render_prompt
 from es_repro.config import ModelConfig, RunConfig
 from es_repro.models import load_model
-from es_repro.runlog import RunLog
+from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
 
 VALUE_FILE = "value_model.safetensors"
@@ -95,12 +95,6 @@ def restore_rng(path: Path) -> None:
         torch.cuda.random.set_rng_state(state["cuda"])
 
 
-def critic_config(cfg: RunConfig) -> ModelConfig:
-    if not cfg.baseline.value_model:
-        return cfg.model
-    return ModelConfig(name="critic", source="hf", path=cfg.baseline.value_model, dtype=cfg.model.dtype, device=cfg.model.device)
-
-
 def build_optimizer(args, policy: nn.Module, value: nn.Module, value_lr: float) -> torch.optim.Optimizer:
     """TRL's optimizer class and settings, with the critic in its own parameter group at its own learning rate."""
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
@@ -118,11 +112,19 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     step0 = resume[1] if resume else 0
 
     ref_model, tokenizer = load_model(cfg.model, training=True)  # the base: PPO's KL reference and the evaluator's
-    policy_cfg = replace(cfg.model, source="hf", path=str(resume[0])) if resume else cfg.model
-    policy, _ = load_model(policy_cfg, training=True)
-    critic, critic_tokenizer = load_model(critic_config(cfg), training=True)
-    if critic_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"baseline.value_model={cfg.baseline.value_model!r} does not share the policy's tokenizer")
+    # Policy and (by default) critic start as copies of the base: copy it instead of loading it from disk again.
+    if resume:
+        policy, _ = load_model(replace(cfg.model, source="hf", path=str(resume[0])), training=True)
+    else:
+        policy = copy.deepcopy(ref_model)
+    if cfg.baseline.value_model:
+        critic_cfg = ModelConfig(name="critic", source="hf", path=cfg.baseline.value_model, dtype=cfg.model.dtype,
+                                 device=cfg.model.device)
+        critic, critic_tokenizer = load_model(critic_cfg, training=True)
+        if critic_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"baseline.value_model={cfg.baseline.value_model!r} does not share the policy's tokenizer")
+    else:
+        critic = copy.deepcopy(ref_model)
     value = ValueModel(critic)
     del critic  # the critic keeps only its backbone (and its own new head)
     if resume:
@@ -134,7 +136,7 @@ def run(cfg: RunConfig, run_dir: Path, task: Task, log: RunLog) -> dict:
     ppo_tokenizer.pad_token = ppo_tokenizer.convert_ids_to_tokens(choose_pad_id(tokenizer, ids))
     policy.generation_config.pad_token_id = ppo_tokenizer.pad_token_id  # after a stop string: pad, not EOS
 
-    session.truncate_logs(run_dir, step0)
+    log.truncate_after(step0, key="step", files=(METRICS_FILE, SAMPLES_FILE))  # lines logged after the checkpoint
     recorder = RewardRecorder(session.resumed_samples(log, step0, plan.per_step) if resume else 0)
     hook = StopStringHook(policy, tokenizer, task.stop_strings)
     reward_model = TaskRewardModel(task, tokenizer, task.train_rows, texts, ids, hook, recorder)

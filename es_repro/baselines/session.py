@@ -8,8 +8,6 @@ Layout (beside ES's):
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import asdict
@@ -23,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from es_repro.baselines.generation import RewardRecorder
 from es_repro.config import RunConfig
 from es_repro.evaluate import evaluate
-from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog, open_wandb, read_jsonl
+from es_repro.runlog import SAMPLES_FILE, RunLog, open_wandb
 from es_repro.tasks.base import Task
 from es_repro.train_es import build_generator
 
@@ -47,17 +45,6 @@ def latest_checkpoint(run_dir: Path, markers: tuple[str, ...] = ("trainer_state.
         return None
     step, path = max(found)
     return path, step
-
-
-def truncate_logs(run_dir: Path, step: int) -> None:
-    """Drop log lines past `step` (logged after the checkpoint a resume starts from) and any torn line."""
-    for name in (METRICS_FILE, SAMPLES_FILE):
-        path = Path(run_dir) / name
-        if path.is_file():
-            keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-            tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
-            os.replace(tmp, path)
 
 
 def resumed_samples(log: RunLog, step: int, per_step: float) -> int:

@@ -11,6 +11,7 @@ Fitness is maximised everywhere: a larger reward is better.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -43,3 +44,11 @@ def score(fn: RewardFn, completions: Sequence[str], rows: Sequence[Row]) -> list
         raise ValueError(f"{len(completions)} completions for {len(rows)} rows")
     values = fn(list(completions), **columns(rows))
     return [float(v) for v in values]
+
+
+def parse_json(text: str, where: str) -> Any:
+    """json.loads for data files; a decode error becomes a ValueError that names ``where`` (file, line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from None

@@ -8,13 +8,12 @@ tag checks below use str.find, so every check is linear in the completion's leng
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
 from es_repro.tasks.answer_extract import last_block
-from es_repro.tasks.base import Row, Task
+from es_repro.tasks.base import Row, Task, parse_json
 from es_repro.tasks.countdown_check import MAX_DIGITS, check_answer
 
 SYSTEM_PROMPT = (
@@ -229,20 +228,14 @@ def make_splits(
 def _read_records(path: Path) -> list[Any]:
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):  # a JSON list; anything else is read as JSONL
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path.name}: not valid JSON ({e})") from None
+        records = parse_json(text, path.name)
         if not isinstance(records, list):
             raise ValueError(f"{path.name}: expected a JSON list of objects")
         return records
     records = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path.name} line {line_no}: not valid JSON ({e})") from None
+            records.append(parse_json(line, f"{path.name} line {line_no}"))
     return records
 
 

@@ -29,14 +29,13 @@ alias equals, or appears as whole words in, the normalised answer).
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
-from es_repro.tasks.base import Row, Task
+from es_repro.tasks.base import Row, Task, parse_json
 from es_repro.tasks.reasoning_gym import Scorer, chatml, check_references, draw_entries, make_dataset
 
 REWARD_MODES = ("joint", "correctness", "alignment")
@@ -164,10 +163,7 @@ def load_qa_jsonl(path: str | Path) -> list[tuple[str, list[str]]]:
             if not line.strip():
                 continue
             where = f"{path.name} row {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
+            record = parse_json(line, where)
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
             question = record.get("question")

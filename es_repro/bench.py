@@ -9,8 +9,10 @@ and scales their phases by N/K (every member costs the same: the same prompts an
 is timed in full over all N members; this makes the N=30, 256-token goal setting measurable in minutes.
 
 Modes (each on a freshly loaded model, same seeds, one generation each):
-- paper:   the released loop: correlated noise regenerated to perturb, to restore and again in the update, in
-           the model dtype; generation without stop strings, prompts in their given order, all in one batch.
+- paper:   the released loop (es_repro/paper_loop.py): correlated noise regenerated to perturb
+           (param += SIGMA * eps), to restore (param += -SIGMA * eps) and in the update (per tensor,
+           sum of eps * z in the model dtype, / N, param += ALPHA * update, z in float32); generation without stop
+           strings, prompts in their given order, all in one batch. Run it @bfloat16: the release's default.
 - default: es-repro's path: noise drawn once to perturb, restore by copy from the fp32 master, fp32 update;
            stop strings, length-sorted batches of generation.batch_size.
 - lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
@@ -27,13 +29,14 @@ import numpy as np
 import torch
 
 from es_repro import es
-from es_repro.backends import HFGenerator
+from es_repro.config import to_run_config
+from es_repro.hf_backend import HFBackend, HFLowRankBackend, make_generator
+from es_repro.hf_generation import HFGenerator
 from es_repro.lowrank import LowRankESWeights
-from es_repro.paper_loop import PaperLoopWeights
-from es_repro.main import to_run_config
 from es_repro.models import load_model
+from es_repro.paper_loop import PaperLoopWeights, release_tell
 from es_repro.tasks import build_task
-from es_repro.train_es import Timer, build_generator, evaluate_members
+from es_repro.timing import Timer
 from es_repro.weights import ESWeights
 
 
@@ -47,23 +50,31 @@ def peak_rss_gib() -> float:
 MEMBER_PHASES = ("generate", "perturb", "restore", "reward")
 
 
-def bench_generation(cfg, weights, generator, task, generation: int = 0, timed_members: int = 0) -> dict:
+def update_of(backend: HFBackend, cfg, members: list, rewards: list[float]) -> list[tuple[int, float]]:
+    """What the backend's apply_update takes: the release's (seed, float32 z) per member for the paper loop,
+    es-repro's merged (seed, alpha/N * z) otherwise."""
+    if isinstance(backend.weights, PaperLoopWeights):
+        return list(zip((m.seed for m in members), release_tell(rewards)))
+    return es.merge_by_seed(members, es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness))
+
+
+def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_members: int = 0) -> dict:
     """One full ES generation (members, then the update over all N), timed per phase. timed_members=K>0: only the
     first K members are evaluated and their phase times and tokens are scaled by N/K."""
     timer = Timer()
-    tokens0 = generator.generated_tokens
+    tokens0 = backend.generated_tokens
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
     evaluated = members[:timed_members] if timed_members else members
     rows = task.train_rows
-    rewards = evaluate_members(weights, evaluated, cfg.es.sigma, generator, task, rows, timer, cfg.es.members_per_forward)
+    rewards = backend.fitness(evaluated, cfg.es.sigma, rows, task, timer)
     scale = len(members) / len(evaluated)
     # The update's cost does not depend on the reward values; untimed members reuse the timed members' rewards.
     all_rewards = [rewards[i % len(rewards)] for i in range(len(members))]
     with timer("update"):
-        weights.apply_update(es.merge_by_seed(members, es.tell(members, all_rewards, cfg.es.alpha, cfg.es.fitness)))
+        backend.apply_update(update_of(backend, cfg, members, all_rewards))
     out = {f"{k}_s": timer.totals.get(k, 0.0) * (scale if k in MEMBER_PHASES else 1.0) for k in (*MEMBER_PHASES, "update")}
     total = sum(out.values())
-    tokens = round((generator.generated_tokens - tokens0) * scale)
+    tokens = round((backend.generated_tokens - tokens0) * scale)
     out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
                gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
                reward_std=float(np.std(rewards)), timed_members=len(evaluated))
@@ -78,18 +89,20 @@ def parse_mode(spec: str, default_dtype: str) -> tuple[str, str]:
     return mode, dtype or default_dtype
 
 
-def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1):
-    """Model, ES weights and generator for one benchmark mode, from a fresh load in ``dtype``."""
+def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1) -> HFBackend:
+    """The backend of one benchmark mode, from a fresh load in ``dtype``."""
     model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
     if mode == "paper":
-        weights = PaperLoopWeights(model, "correlated")
+        weights = PaperLoopWeights(model, "correlated", cfg.es.alpha, cfg.es.population)
         generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
                                 max_new_tokens=cfg.task.max_new_tokens, stop_strings=(),
                                 batch_size=len(task.train_rows), sort_by_length=False)
-    else:
-        weights = LowRankESWeights(model, rank=args_rank) if mode == "lowrank" else ESWeights(model, cfg.es.noise)
-        generator = build_generator(cfg, task, model, tokenizer)
-    return model, weights, generator
+        return HFBackend(model, tokenizer, generator, weights)
+    generator = make_generator(cfg, task, model, tokenizer)
+    if mode == "lowrank":
+        return HFLowRankBackend(model, tokenizer, generator, LowRankESWeights(model, rank=args_rank),
+                                members_per_forward=cfg.es.members_per_forward)
+    return HFBackend(model, tokenizer, generator, ESWeights(model, cfg.es.noise, cfg.es.noise_dtype))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,13 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|" + "---|" * (len(cols) + 2))
     results = {}
     for mode, dtype in specs:
-        model, weights, generator = setup(cfg, task, mode, dtype, args.rank)
-        generator.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
-        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, weights, generator, task,
-                                                          timed_members=args.timed_members)
+        backend = setup(cfg, task, mode, dtype, args.rank)
+        backend.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
+        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members)
         print(f"| {mode} | {dtype} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {r['reward_mean']:.4f} |", flush=True)
-        del model, weights, generator
+        del backend
     papers = [k for k in results if k.startswith("paper@")]
     for ref in papers:
         for key, r in results.items():

@@ -1,16 +1,20 @@
-"""Typed run configuration: dataclass schemas for Hydra's ConfigStore, plus value checks.
+"""Typed run configuration: dataclass schemas for Hydra's ConfigStore, value checks, and parsing.
 
 YAML under conf/ carries the values; these classes carry the types. Hydra rejects unknown keys and wrong
 types while composing; `validate` rejects bad values (naming the field and what is allowed) before any model
-loads. Nothing below es_repro.main sees a DictConfig: main converts to these objects first.
+loads. Nothing below es_repro.main sees a DictConfig: `to_run_config` converts to these objects first, and
+`config_from_run_dir` rebuilds them from a run's run.json. Method-specific checks that need heavy imports (TRL's
+config classes for baseline runs) are made by their own packages, not here.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,6 +60,10 @@ class ESConfig:
     antithetic: bool = False  # mirrored pairs (+eps, -eps) sharing one seed; population must be even
     fitness: str = "zscore"  # zscore (paper, ddof=0, +1e-8) | centered_rank
     decay: float = 0.0  # pull toward the base weights each generation: theta -= decay * (theta - theta_base)
+    update: str = "sgd"  # update rule (es_repro/update_rules.py): sgd (the paper) | momentum
+    momentum: float = 0.9  # es.update=momentum only: v <- momentum * v + step; theta += v
+    noise_dtype: str = "param"  # param: randn in the parameter dtype (the released code) | float32: always fp32
+    seed_stream: str = "rng"  # rng: default_rng([seed, g]) per generation | released: the release's np.random stream
     prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
     lowrank: int = 0  # 0: full-rank noise (the paper) | r > 0: opt-in population-batched rank-r perturbations (es_repro/lowrank.py)
     members_per_forward: int = 8  # lowrank only: members that share one batched generate call
@@ -63,6 +71,7 @@ class ESConfig:
 
 @dataclass
 class GenerationConfig:
+    backend: str = "hf"  # engine (es_repro/backend.py BACKENDS), or a factory given as package.module:function
     batch_size: int = 32  # prompts per generate() call
     sort_by_length: bool = True  # batch prompts of similar length together (less padding, same outputs)
 
@@ -135,9 +144,11 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that types alone cannot; raise ConfigError naming the field and what is allowed."""
-    from es_repro.es import FITNESS_SHAPING  # local: keep this module import-light
-    from es_repro.noise import NOISE_MODES
+    from es_repro.backend import BACKENDS  # local: keep this module import-light
+    from es_repro.es import FITNESS_SHAPING, SEED_STREAMS
+    from es_repro.noise import NOISE_DTYPES, NOISE_MODES
     from es_repro.tasks import TASKS
+    from es_repro.update_rules import UPDATE_RULES
 
     _one_of("model.source", cfg.model.source, MODEL_SOURCES)
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
@@ -158,6 +169,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("es.generations", cfg.es.generations, allow_zero=True)
     _one_of("es.noise", cfg.es.noise, NOISE_MODES)
     _one_of("es.fitness", cfg.es.fitness, tuple(FITNESS_SHAPING))
+    _one_of("es.update", cfg.es.update, UPDATE_RULES)
+    if not 0.0 <= cfg.es.momentum < 1.0:
+        raise ConfigError(f"es.momentum={cfg.es.momentum} is not allowed; it must be in [0, 1)")
+    _one_of("es.noise_dtype", cfg.es.noise_dtype, NOISE_DTYPES)
+    _one_of("es.seed_stream", cfg.es.seed_stream, SEED_STREAMS)
     if not 0.0 <= cfg.es.decay < 1.0:
         raise ConfigError(f"es.decay={cfg.es.decay} is not allowed; it must be in [0, 1)")
     _positive("es.prompts_per_generation", cfg.es.prompts_per_generation, allow_zero=True)
@@ -166,6 +182,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.es.lowrank and cfg.es.noise != "iid":
         raise ConfigError(f"es.noise={cfg.es.noise} cannot be combined with es.lowrank={cfg.es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")
     _positive("generation.batch_size", cfg.generation.batch_size)
+    if cfg.generation.backend not in BACKENDS and ":" not in cfg.generation.backend:
+        raise ConfigError(f"generation.backend={cfg.generation.backend!r} is not allowed; choose one of: "
+                          f"{', '.join(BACKENDS)} (or a factory as package.module:function)")
     _positive("eval.every", cfg.eval.every, allow_zero=True)
     _positive("eval.kl_samples", cfg.eval.kl_samples, allow_zero=True)
     _positive("eval.kl_temperature", cfg.eval.kl_temperature)
@@ -181,10 +200,16 @@ def _validate_baseline(cfg: RunConfig) -> None:
     _one_of("baseline.method", b.method, BASELINE_METHODS)
     for name in ("samples_budget", "kl_coef", "value_learning_rate", "eval_every_samples", "completions_to_log"):
         _positive(f"baseline.{name}", getattr(b, name), allow_zero=True)
-    if b.method == "none":
-        if b.trl:
-            raise ConfigError(f"baseline.trl={dict(b.trl)} is only used by baseline=grpo or baseline=ppo (baseline.method=none runs ES)")
-        return
-    from es_repro.baselines.trl_config import check_trl_config  # imports TRL: only for baseline runs
+    if b.method == "none" and b.trl:
+        raise ConfigError(f"baseline.trl={dict(b.trl)} is only used by baseline=grpo or baseline=ppo (baseline.method=none runs ES)")
 
-    check_trl_config(cfg)
+
+def to_run_config(dcfg: DictConfig) -> RunConfig:
+    """DictConfig -> RunConfig (types checked by OmegaConf), then values checked by validate()."""
+    return validate(OmegaConf.to_object(dcfg))
+
+
+def config_from_run_dir(run_dir: Path) -> RunConfig:
+    """The RunConfig a run was launched with, from its run.json."""
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    return to_run_config(OmegaConf.merge(OmegaConf.structured(RunConfig), info["config"]))

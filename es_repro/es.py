@@ -1,7 +1,10 @@
 """The evolution strategy as ask/tell over integer seeds (numpy only; no weights here).
 
 ask:  the member seeds of a generation, derived from (run seed, generation) alone, so any process can
-      recompute them and a resumed run draws the same ones.
+      recompute them and a resumed run draws the same ones. Two streams (es.seed_stream):
+      ``rng``: numpy's default_rng([seed, generation]), independent per generation;
+      ``released``: the authors' released script, np.random.seed(seed) once, then
+      randint(0, 2**30, size=N, dtype=int64) every iteration (a resumed run redraws the stream up to g).
 tell: rewards -> one update coefficient per member. The weights then move by
       theta <- theta + sum_n coeff_n * eps_n, with coeff_n = alpha / N * sign_n * shaped_n.
 Fitness is MAXIMISED: a member with a higher reward pulls the weights toward its noise.
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SEED_LIMIT = 2**31 - 1  # member seeds stay far below int64 after adding tensor indices
+RELEASED_SEED_LIMIT = 2**30  # the release's randint bound
+SEED_STREAMS = ("rng", "released")
 
 
 @dataclass(frozen=True)
@@ -21,13 +26,30 @@ class Member:
     sign: int  # +1, or -1 for the mirrored half of an antithetic pair
 
 
-def ask(run_seed: int, generation: int, population: int, antithetic: bool = False) -> list[Member]:
+def ask(run_seed: int, generation: int, population: int, antithetic: bool = False, stream: str = "rng") -> list[Member]:
     """The members of one generation; antithetic pairs are adjacent (+eps, -eps) with one shared seed."""
-    rng = np.random.default_rng([run_seed, generation])
+    n = population // 2 if antithetic else population
+    if stream == "released":
+        seeds = released_seeds(run_seed, generation, n)
+    elif stream == "rng":
+        seeds = np.random.default_rng([run_seed, generation]).integers(0, SEED_LIMIT, size=n)
+    else:
+        raise ValueError(f"seed stream {stream!r} is not one of {SEED_STREAMS}")
     if antithetic:
-        seeds = rng.integers(0, SEED_LIMIT, size=population // 2)
         return [Member(int(s), sign) for s in seeds for sign in (1, -1)]
-    return [Member(int(s), 1) for s in rng.integers(0, SEED_LIMIT, size=population)]
+    return [Member(int(s), 1) for s in seeds]
+
+
+_released_draws: dict[tuple[int, int], tuple[np.random.RandomState, list[list[int]]]] = {}
+
+
+def released_seeds(run_seed: int, generation: int, n: int) -> list[int]:
+    """Iteration ``generation``'s seeds of the release's global stream (np.random.seed(run_seed) once, then one
+    randint(0, 2**30, n) per iteration). Draws are cached, so a run costs one draw per generation."""
+    state, drawn = _released_draws.setdefault((run_seed, n), (np.random.RandomState(run_seed), []))
+    while len(drawn) <= generation:
+        drawn.append(state.randint(0, RELEASED_SEED_LIMIT, size=n, dtype=np.int64).tolist())
+    return drawn[generation]
 
 
 def zscore(rewards: np.ndarray) -> np.ndarray:

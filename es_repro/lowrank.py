@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from es_repro.es import Member
+from es_repro.update_rules import SGD
 from es_repro.weights import ESWeights
 
 
@@ -32,8 +33,8 @@ def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> t
 class LowRankESWeights(ESWeights):
     """ESWeights whose members are low-rank and evaluated together; updates still accumulate in fp32."""
 
-    def __init__(self, model: nn.Module, rank: int = 1, keep_base: bool = False):
-        super().__init__(model, noise_mode="iid", keep_base=keep_base)
+    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None):
+        super().__init__(model, noise_mode="iid", noise_dtype="float32", rule=rule)
         self.rank = rank
         index_of = {id(p): i for i, p in enumerate(self.params)}
         # Every module that uses a weight matrix, with that matrix's index (a tied weight has two users).
@@ -62,18 +63,19 @@ class LowRankESWeights(ESWeights):
                 h.remove()
 
     @torch.no_grad()
-    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]], decay: float = 0.0) -> None:
-        """master += sum_k coeff_k * A_k B_k^T / sqrt(r) for every weight matrix; vectors do not move."""
+    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
+        """delta = sum_k coeff_k * A_k B_k^T / sqrt(r) for every weight matrix, moved by the update rule;
+        vectors do not move."""
         seed_coeffs = list(seed_coeffs)
         for i in self.matrix_ids:
             p, m = self.params[i], self.master[i]
+            delta = torch.zeros_like(m)
             if seed_coeffs:
                 pairs = [lowrank_factors(p, i, seed, self.rank) for seed, _ in seed_coeffs]
                 a = torch.cat([a * (c / math.sqrt(self.rank)) for (a, _), (_, c) in zip(pairs, seed_coeffs)], dim=1)
                 b = torch.cat([b for _, b in pairs], dim=1)
-                m.addmm_(a, b.T)
-            if decay:
-                m.sub_(m - self.base[i], alpha=decay)
+                delta.addmm_(a, b.T)
+            self.rule.step(self.names[i], m, delta)
             p.copy_(m)
 
     def perturb(self, seed: int, scale: float) -> None:
@@ -102,20 +104,3 @@ def _embedding_hook(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, k: in
         return output + delta.reshape(output.shape).to(output.dtype)
     return hook
 
-
-def evaluate_population(weights: LowRankESWeights, members: Sequence[Member], sigma: float, generator, task, rows,
-                        timer, per_forward: int) -> list[float]:
-    """Rewards of ``members`` (mean per-prompt reward each), ``per_forward`` members per batched generate."""
-    from es_repro.tasks import score
-
-    rewards: list[float] = []
-    for start in range(0, len(members), per_forward):
-        chunk = members[start : start + per_forward]
-        batch = [row for _ in chunk for row in rows]  # member-major: member j owns rows [j*P, (j+1)*P)
-        with weights.population(chunk, sigma):
-            with timer("generate"):
-                completions = generator.generate(batch, one_batch=True)
-        with timer("reward"):
-            values = score(task.reward, completions, batch)
-        rewards.extend(sum(values[j * len(rows) : (j + 1) * len(rows)]) / len(rows) for j in range(len(chunk)))
-    return rewards

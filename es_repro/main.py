@@ -9,7 +9,6 @@ the same command resumes an unfinished run and skips a finished one.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from es_repro.config import ConfigError, RunConfig, register_schemas, validate
+from es_repro.config import ConfigError, RunConfig, register_schemas, to_run_config
 
 # conf/ sits at the repository root (an editable install); an absolute path works under `python -m` too.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -40,23 +39,20 @@ if not OmegaConf.has_resolver("run_name"):
     OmegaConf.register_new_resolver("run_name", run_name)
 
 
-def to_run_config(dcfg: DictConfig) -> RunConfig:
-    """DictConfig -> RunConfig (types checked by OmegaConf), then values checked by validate()."""
-    cfg = OmegaConf.to_object(dcfg)
-    return validate(cfg)
+def load_config(dcfg: DictConfig) -> RunConfig:
+    """The typed, validated config of a launch; baseline runs also pass TRL's own checks (before any model loads)."""
+    cfg = to_run_config(dcfg)
+    if cfg.baseline.method != "none":
+        from es_repro.baselines.trl_config import check_trl_config  # imports TRL: only for baseline runs
 
-
-def config_from_run_dir(run_dir: Path) -> RunConfig:
-    """The RunConfig a run was launched with, from its run.json."""
-    info = json.loads((Path(run_dir) / "run.json").read_text())
-    schema = OmegaConf.structured(RunConfig)
-    return to_run_config(OmegaConf.merge(schema, info["config"]))
+        check_trl_config(cfg)
+    return cfg
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> dict:
     try:
-        cfg = to_run_config(dcfg)
+        cfg = load_config(dcfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)

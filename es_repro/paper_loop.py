@@ -1,25 +1,37 @@
-"""The paper's released ES loop, kept as a reference for speed and correctness comparisons (not for training).
+"""The paper's released ES loop, kept as the reference for speed and fidelity comparisons (not for training).
 
-What it does, per member: re-seed a generator and regenerate the noise to perturb (param += sigma * eps, in the
-model dtype), again to restore (param -= sigma * eps), and once more per member in the update
-(param += alpha / N * z_n * eps, in the model dtype). Our default path (es_repro.weights.ESWeights) draws each
-member's noise once to perturb, restores by copying from an fp32 master and draws it once more for the update.
-Same interface as ESWeights, so the benchmark and the tests can swap one for the other.
+Its arithmetic, step for step, in the model's dtype (bf16 by default in the release):
+- perturb:  param += SIGMA * eps   (eps = randn in the param dtype; the product is rounded, then the sum)
+- restore:  param += -SIGMA * eps  (eps regenerated; not exact in bf16)
+- tell:     rewards as float32, z = (r - mean) / (std + 1e-8) in float32 (numpy)
+- update:   per tensor, update = sum_n round(eps_n * z_n) accumulated in the param dtype, update /= N,
+            param += ALPHA * update
+Here the "coefficients" handed to ``apply_update`` are the z values of ``release_tell`` (not alpha/N * z as in
+es_repro.es.tell). Noise: ``correlated`` (one seed for every tensor) or ``iid`` (the release's --seed_shift).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from es_repro.noise import tensor_noise
 from es_repro.weights import unique_parameters
 
 
+def release_tell(rewards: Sequence[float]) -> list[float]:
+    """The release's fitness shaping: rewards through a float32 tensor, z-scored in float32."""
+    r = np.array(torch.tensor(list(rewards), dtype=torch.float32).tolist(), dtype=np.float32)
+    z = (r - r.mean()) / (r.std() + 1e-8)
+    return [float(v) for v in z]
+
+
 class PaperLoopWeights:
-    def __init__(self, model: torch.nn.Module, noise_mode: str = "correlated"):
+    def __init__(self, model: torch.nn.Module, noise_mode: str = "correlated", alpha: float = 5e-4,
+                 population: int = 30):
         self.model = model
-        self.noise_mode = noise_mode
+        self.noise_mode, self.alpha, self.population = noise_mode, alpha, population
         named = unique_parameters(model)
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -27,23 +39,31 @@ class PaperLoopWeights:
         for p in self.params:
             p.requires_grad_(False)
 
+    def noise(self, i: int, seed: int) -> torch.Tensor:
+        return tensor_noise(self.params[i], i, seed, self.noise_mode, "param")
+
     @torch.no_grad()
     def perturb(self, seed: int, scale: float) -> None:
         for i, p in enumerate(self.params):
-            p.add_(tensor_noise(p, i, seed, self.noise_mode).to(p.dtype), alpha=scale)
+            p.add_(scale * self.noise(i, seed))
         self._last = (seed, scale)
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Subtract the same noise again (regenerated): exact in fp32 only up to rounding."""
+        """Add the negated noise again (regenerated): exact in fp32 only up to rounding."""
         seed, scale = self._last
         for i, p in enumerate(self.params):
-            p.sub_(tensor_noise(p, i, seed, self.noise_mode).to(p.dtype), alpha=scale)
+            p.add_(-scale * self.noise(i, seed))
 
     @torch.no_grad()
-    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]], decay: float = 0.0) -> None:
-        if decay:
-            raise ValueError("the paper's loop has no decay toward the base weights")
-        for seed, coeff in seed_coeffs:  # member by member, in the model dtype, as released
-            for i, p in enumerate(self.params):
-                p.add_(tensor_noise(p, i, seed, self.noise_mode).to(p.dtype), alpha=coeff)
+    def apply_update(self, seed_zs: Iterable[tuple[int, float]]) -> None:
+        """``seed_zs``: (member seed, z) for every member, in member order (from ``release_tell``)."""
+        seed_zs = list(seed_zs)
+        if len(seed_zs) != self.population:
+            raise ValueError(f"the release's update divides by N={self.population}; got {len(seed_zs)} members")
+        for i, p in enumerate(self.params):
+            update = torch.zeros_like(p)
+            for seed, z in seed_zs:
+                update.add_(self.noise(i, seed).mul_(float(z)))
+            update.div_(self.population)
+            p.add_(self.alpha * update)

@@ -4,6 +4,8 @@ A float32 master copy of every parameter is the source of truth. The model's own
 possibly bf16/fp16) always equal cast(master) between evaluations, which makes two things cheap and exact:
 - restore after an evaluation is a copy from the master (bit-identical; no noise is regenerated),
 - updates accumulate in fp32, so steps far below bf16's resolution are not truncated away.
+The perturbation itself uses the released code's arithmetic: ``param.add_(scale * eps)``, eps drawn in the
+noise dtype, so a perturbed model is bit-identical to the release's (tests/test_release_fidelity.py).
 """
 from __future__ import annotations
 
@@ -12,30 +14,37 @@ from typing import Iterable
 import torch
 
 from es_repro.noise import tensor_noise
+from es_repro.update_rules import SGD
 
 
 def unique_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """Named parameters with tied weights listed once (e.g. embeddings tied to the LM head)."""
+    """Named parameters with tied weights listed once (e.g. embeddings tied to the LM head), in the order of
+    ``model.named_parameters()``: the tensor index i that seeds iid noise is the position in this list."""
     return list(model.named_parameters(remove_duplicate=True))
 
 
 class ESWeights:
-    def __init__(self, model: torch.nn.Module, noise_mode: str, keep_base: bool = False):
+    def __init__(self, model: torch.nn.Module, noise_mode: str = "iid", noise_dtype: str = "param",
+                 rule: SGD | None = None):
         self.model = model
-        self.noise_mode = noise_mode
+        self.noise_mode, self.noise_dtype = noise_mode, noise_dtype
         named = unique_parameters(model)
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         for p in self.params:
             p.requires_grad_(False)
         self.master = [p.detach().to(torch.float32, copy=True) for p in self.params]
-        self.base = [m.clone() for m in self.master] if keep_base else None
+        self.rule = rule if rule is not None else SGD()
+        self.rule.bind(self.master_state())
+
+    def noise(self, i: int, seed: int) -> torch.Tensor:
+        return tensor_noise(self.params[i], i, seed, self.noise_mode, self.noise_dtype)
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float) -> None:
-        """theta_working += scale * eps(seed), in the working dtype (as the paper does)."""
+        """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released)."""
         for i, p in enumerate(self.params):
-            p.add_(tensor_noise(p, i, seed, self.noise_mode).to(p.dtype), alpha=scale)
+            p.add_(scale * self.noise(i, seed))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -44,16 +53,14 @@ class ESWeights:
             p.copy_(m)
 
     @torch.no_grad()
-    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]], decay: float = 0.0) -> None:
-        """master += sum_k coeff_k * eps(seed_k), tensor by tensor in fp32; then decay toward the base weights."""
+    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
+        """delta = sum_k coeff_k * eps(seed_k) per tensor in fp32; the update rule moves the master by it."""
         seed_coeffs = list(seed_coeffs)
-        for i, (p, m) in enumerate(zip(self.params, self.master)):
+        for i, (name, p, m) in enumerate(zip(self.names, self.params, self.master)):
             delta = torch.zeros_like(m)
             for seed, coeff in seed_coeffs:
-                delta.add_(tensor_noise(p, i, seed, self.noise_mode).to(torch.float32), alpha=coeff)
-            m.add_(delta)
-            if decay:
-                m.sub_(m - self.base[i], alpha=decay)
+                delta.add_(self.noise(i, seed).to(torch.float32), alpha=coeff)
+            self.rule.step(name, m, delta)
             p.copy_(m)
 
     def master_state(self) -> dict[str, torch.Tensor]:
@@ -68,12 +75,3 @@ class ESWeights:
         for n, p, m in zip(self.names, self.params, self.master):
             m.copy_(state[n])
             p.copy_(m)
-
-
-def build_weights(model: torch.nn.Module, es_cfg) -> "ESWeights":
-    """The ES view of a model for an ESConfig: full-rank noise (default) or low-rank population mode."""
-    if es_cfg.lowrank:
-        from es_repro.lowrank import LowRankESWeights  # local: lowrank builds on this module
-
-        return LowRankESWeights(model, rank=es_cfg.lowrank, keep_base=es_cfg.decay > 0)
-    return ESWeights(model, es_cfg.noise, keep_base=es_cfg.decay > 0)

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from es_repro.config import RunConfig
-from es_repro.main import CONF_DIR, to_run_config
+from es_repro.main import CONF_DIR, load_config
 
 # A tiny-random ES run on the synthetic task: seconds on CPU.
 TINY = ["model=tiny-random", "task=synthetic", "es.population=6", "es.generations=4", "es.sigma=0.03",
@@ -19,7 +19,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def make_cfg(overrides: list[str] = ()) -> RunConfig:
-    return to_run_config(compose_cfg(TINY + list(overrides)))
+    return load_config(compose_cfg(TINY + list(overrides)))
 
 
 def single_thread_run(run_dir, overrides: list[str]):

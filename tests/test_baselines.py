@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from es_repro.backends import cut_at_stop
+from es_repro.hf_generation import cut_at_stop
 from es_repro.baselines import generation, reward_model, run_baseline, session
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
 from es_repro.config import ConfigError
@@ -85,7 +85,7 @@ def test_rl_grid_presets_compose_the_papers_grid():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from es_repro.main import CONF_DIR, to_run_config
+    from es_repro.main import CONF_DIR, load_config
 
     expected = {"rl_grid_countdown": 12, "rl_grid_conciseness": 44}
     for exp, n_runs in expected.items():
@@ -95,7 +95,7 @@ def test_rl_grid_presets_compose_the_papers_grid():
                           .hydra.sweeper.params)
         grid = list(itertools.product(*[str(v).split(",") for v in params.values()]))
         assert len(grid) == n_runs
-        points = [to_run_config(compose_cfg([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(params, point))]))
+        points = [load_config(compose_cfg([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(params, point))]))
                   for point in (grid[0], grid[-1])]
         for cfg in points:
             assert cfg.baseline.method in ("grpo", "ppo") and cfg.baseline.trl["learning_rate"] in (1e-6, 1e-5, 5e-6)
@@ -134,7 +134,7 @@ def test_generation_hook_stops_and_cuts_like_the_es_generator():
     at the task's stop strings, and the trimmed, cut text equals what ES's generator returns."""
     from transformers import GenerationConfig
 
-    from es_repro.backends import HFGenerator
+    from es_repro.hf_generation import HFGenerator
     from es_repro.baselines.grpo import TaskGRPOTrainer
 
     model, tok = build_tiny_model()
@@ -310,7 +310,7 @@ def test_cpu_reproduction_presets_give_every_method_the_same_budget(exp, budget,
     from helpers import compose_cfg
 
     from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
-    from es_repro.main import to_run_config
+    from es_repro.config import to_run_config
 
     for baseline in ("none", "grpo_cpu", "ppo_cpu"):
         cfg = to_run_config(compose_cfg([f"experiment={exp}", f"baseline={baseline}", "seed=2"]))

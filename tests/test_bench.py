@@ -9,7 +9,7 @@ from es_repro import bench, es
 from es_repro.models import load_model
 from es_repro.tasks import build_task
 from es_repro.tasks.base import score
-from es_repro.train_es import build_generator
+from es_repro.hf_backend import HFBackend, make_generator
 from es_repro.weights import ESWeights
 from helpers import make_cfg
 
@@ -18,14 +18,13 @@ def _setup(overrides=()):
     cfg = make_cfg(["task.train_size=3", "task.max_new_tokens=5", *overrides])
     task = build_task(cfg.task.name, cfg.task.train_size, 1, cfg.task.data_seed, cfg.task.options)
     model, tokenizer = load_model(cfg.model)
-    return cfg, task, model, build_generator(cfg, task, model, tokenizer)
+    return cfg, task, HFBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), ESWeights(model, cfg.es.noise))
 
 
 @pytest.mark.parametrize("timed", [0, 2])
 def test_bench_numbers_follow_their_definitions(timed):
-    cfg, task, model, generator = _setup()
-    weights = ESWeights(model, cfg.es.noise)
-    r = bench.bench_generation(cfg, weights, generator, task, timed_members=timed)
+    cfg, task, backend = _setup()
+    r = bench.bench_generation(cfg, backend, task, timed_members=timed)
     phases = ["generate_s", "perturb_s", "restore_s", "reward_s", "update_s"]
     assert r["total_s"] == pytest.approx(sum(r[p] for p in phases))
     assert r["overhead"] == pytest.approx(1 - r["generate_s"] / r["total_s"])
@@ -35,14 +34,14 @@ def test_bench_numbers_follow_their_definitions(timed):
 
 
 def test_timed_members_still_apply_the_full_update():
-    cfg, task, model, generator = _setup()
-    weights = ESWeights(model, cfg.es.noise)
+    cfg, task, backend = _setup()
+    weights = backend.weights
     before = [m.clone() for m in weights.master]
-    r = bench.bench_generation(cfg, weights, generator, task, timed_members=2)
+    r = bench.bench_generation(cfg, backend, task, timed_members=2)
     # Redo by hand: the two timed members' rewards, reused cyclically for all N members, one update.
     members = es.ask(cfg.seed, 0, cfg.es.population, cfg.es.antithetic)
     ref_model, ref_tokenizer = load_model(cfg.model)
-    ref, ref_generator = ESWeights(ref_model, cfg.es.noise), build_generator(cfg, task, ref_model, ref_tokenizer)
+    ref, ref_generator = ESWeights(ref_model, cfg.es.noise), make_generator(cfg, task, ref_model, ref_tokenizer)
     rewards = []
     for m in members[:2]:
         ref.perturb(m.seed, m.sign * cfg.es.sigma)

@@ -13,7 +13,7 @@ from helpers import compose_cfg, make_cfg
 
 
 def test_defaults_are_the_papers_countdown_settings():
-    from es_repro.main import to_run_config
+    from es_repro.config import to_run_config
 
     cfg = to_run_config(compose_cfg([]))
     assert (cfg.es.population, cfg.es.sigma, cfg.es.alpha, cfg.es.generations) == (30, 0.001, 0.0005, 500)
@@ -38,6 +38,11 @@ def test_unknown_model_lists_available_options():
         ("task.prompt_format=xml", "task.prompt_format", "raw, chat"),
         ("model.dtype=int4", "model.dtype", "bfloat16"),
         ("es.decay=1.5", "es.decay", "[0, 1)"),
+        ("es.update=adam", "es.update", "sgd, momentum"),
+        ("es.momentum=1.0", "es.momentum", "[0, 1)"),
+        ("es.noise_dtype=float16", "es.noise_dtype", "param, float32"),
+        ("es.seed_stream=global", "es.seed_stream", "rng, released"),
+        ("generation.backend=vllm2", "generation.backend", "hf"),
     ],
 )
 def test_bad_values_name_the_field_and_allowed_values(override, field, hint):

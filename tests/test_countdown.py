@@ -50,9 +50,17 @@ def perfect(answer: str, think: str = " reasoning ") -> str:
         ("(25 - 1) / 3 / 4", [25, 1, 3, 4], 2, True),
         ("9**9**9", [9, 9, 9], 0, False),  # power operator
         ("9 * * 9", [9, 9], 81, False),
-        ("-3 + 7 + 25", [3, 7, 25], 29, False),  # unary minus rejected
-        ("25 + (-3) + 7", [3, 7, 25], 29, False),
-        ("+3 + 7", [3, 7], 10, False),  # unary plus rejected
+        ("-3 + 7 + 25", [3, 7, 25], 29, True),  # unary minus, as the release's eval accepts it
+        ("-3 + 7 + 25", [3, 7, 25], 35, False),  # ... evaluated, not ignored
+        ("25 + (-3) + 7", [3, 7, 25], 29, True),
+        ("+3 + 7", [3, 7], 10, True),  # unary plus
+        ("-9+(4 * 63)+10", [63, 4, 9, 10], 253, True),  # the differential test's example
+        ("--9 + 1", [9, 1], 10, True),  # repeated signs: --9 = 9
+        ("- - -9 + 10", [9, 10], 1, True),  # - - -9 = -9
+        ("25 - -3 * 7", NUMS, TARGET, True),  # sign after an operator, binding tighter than *
+        ("-(25 - 3) * 7", NUMS, -154, True),  # sign before parentheses
+        ("25 + 3 * 7 -", NUMS, TARGET, False),  # a trailing sign is still malformed
+        ("-" * 150 + "1", [1], 1, True),  # 150 signs (even): no recursion, within the length bound
         ("2.5 * 2", [2, 2], 5, False),  # float literal
         ("((25 + (3 * 7)))", NUMS, TARGET, True),  # nested parens
         ("(25 + 3 * 7", NUMS, TARGET, False),  # unbalanced
@@ -89,7 +97,9 @@ def test_check_answer(expr, numbers, target, ok):
         ("1 / 3", [1, 3], Fraction(1, 3)),
         ("1 / 0", [1, 0], None),  # parses, but no value
         ("1 +", None, None),
-        ("-1", None, None),
+        ("-1", [1], Fraction(-1)),
+        ("2 * -3", [2, 3], Fraction(-6)),
+        ("-", None, None),
         ("1 " * 150, None, None),  # 300 characters: rejected before parsing
     ],
 )
@@ -159,7 +169,8 @@ def test_format_reward(completion, expected):
         (" </think>\n<answer>25 + 3 * 7</answer> <answer>1 + 1</answer>", 0.1, 0.0),  # ... both ways
         (perfect("25 / (3 - 3) + 7"), 0.1, 0.0),  # division by zero
         (perfect("25**3"), 0.1, 0.0),
-        (perfect("-25 + 3 * 7"), 0.1, 0.0),  # unary minus
+        (perfect("-25 + 3 * 7"), 0.1, 0.0),  # unary minus, evaluated: -4, wrong value
+        (perfect("-(-25) + 3 * 7"), 1.1, 1.0),  # two unary minuses: 25 + 21
         (perfect("25.0 + 3 * 7"), 0.1, 0.0),  # float literal
         (perfect("\uff12\uff15 + 3 * 7"), 0.1, 0.0),  # full-width digits
     ],
@@ -422,3 +433,67 @@ def test_linear_checks_agree_with_regexes_on_random_text():
         assert format_reward(completion) == pytest.approx(_regex_format_reward(completion)), repr(completion)
         found = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
         assert last_answer(completion) == (found[-1] if found else None), repr(completion)
+
+
+def _python_value(expr: str):
+    """Reference semantics of the release's checker (Python arithmetic), by walking Python's own parse tree:
+    the value, or None where the release's eval would fail (syntax, division by zero)."""
+    import ast
+
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = walk(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+            a, b = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Div) and b == 0:
+                raise ZeroDivisionError
+            return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(type(node.op)) if not isinstance(node.op, ast.Div) else a / b
+        raise ValueError(type(node).__name__)
+
+    try:
+        return walk(tree)
+    except ZeroDivisionError:
+        return None
+
+
+def test_checker_agrees_with_the_release_semantics_on_random_expressions():
+    """4,000 random expressions over the release's character set (digits, + - * / ( ) and spaces; no '**' or '//',
+    which es-repro refuses by design, no leading zeros, which Python refuses): accepted and scored alike."""
+    import random
+    import re
+
+    rng = random.Random(7)
+
+    def expression(depth=0) -> str:
+        sign = rng.choice(["", "", "", "-", "+", "--", "- -"])
+        if depth < 3 and rng.random() < 0.3:
+            inner = expression(depth + 1)
+            for _ in range(rng.randint(1, 2)):
+                inner += rng.choice([" + ", "-", " * ", "/", " - "]) + expression(depth + 1)
+            return f"{sign}({inner})"
+        return sign + str(rng.randint(1, 99))
+
+    agree = checked = 0
+    for _ in range(4000):
+        expr = expression()
+        for _ in range(rng.randint(1, 3)):
+            expr += rng.choice([" + ", "-", "*", " / ", " - "]) + expression()
+        if "**" in expr or "//" in expr:
+            continue
+        numbers = [int(n) for n in re.findall(r"\d+", expr)]
+        value = _python_value(expr)
+        target = value if value is not None and value.denominator == 1 else 24
+        expected = value is not None and abs(value - target) < Fraction(1, 100_000)
+        checked += 1
+        agree += check_answer(expr, numbers, target) is expected
+    assert checked > 3500 and agree == checked

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from es_repro.backends import HFGenerator
-from es_repro.evaluate import evaluate, k3_per_token, kl_to_base, token_logprobs
+from es_repro.evaluate import evaluate, k3_per_token, kl_to_base
+from es_repro.hf_backend import HFBackend
+from es_repro.hf_generation import HFGenerator, token_logprobs
 from es_repro.tasks import build_task
 from es_repro.tiny_model import build_tiny_model
 from es_repro.weights import ESWeights
@@ -30,29 +31,43 @@ def test_token_logprobs_match_a_manual_forward():
     torch.testing.assert_close(lp, torch.stack(manual))
 
 
-def _generator(model, tok, task):
+def _backend(model, tok, task, base):
     tok.padding_side = "left"
-    return HFGenerator(model, tok, prompt_format="raw", max_new_tokens=6, stop_strings=task.stop_strings, batch_size=4)
+    gen = HFGenerator(model, tok, prompt_format="raw", max_new_tokens=6, stop_strings=task.stop_strings, batch_size=4)
+    return HFBackend(model, tok, gen, ESWeights(model, "iid"), reference=lambda: base)
 
 
 def test_kl_zero_against_itself_positive_after_perturbation():
     task = build_task("synthetic", 2, 4, 0)
     model, tok = build_tiny_model(seed=0)
     base, _ = build_tiny_model(seed=0)
-    gen = _generator(model, tok, task)
-    torch.manual_seed(0)
-    pairs = gen.generate_ids(task.eval_rows, temperature=1.0)
+    backend = _backend(model, tok, task, base)
+    pairs = backend.sample_ids(task.eval_rows, temperature=1.0, seed=0)
     assert sum(len(c) for _, c in pairs) > 0
-    assert kl_to_base(pairs, model, base) == 0.0
-    ESWeights(model, "iid").perturb(1, 0.2)
-    assert kl_to_base(pairs, model, base) > 0.0
+    assert kl_to_base(backend, pairs) == 0.0
+    backend.weights.perturb(1, 0.2)
+    kl = kl_to_base(backend, pairs)
+    # the definition, token by token, against the two models directly
+    k3 = [k3_per_token(token_logprobs(model, p, c), token_logprobs(base, p, c)) for p, c in pairs if c]
+    assert kl > 0.0 and kl == pytest.approx(float(sum(k.sum() for k in k3)) / sum(len(k) for k in k3), rel=1e-6)
+
+
+def test_sampling_for_kl_is_seeded_and_leaves_the_global_stream_alone():
+    task = build_task("synthetic", 2, 4, 0)
+    model, tok = build_tiny_model(seed=0)
+    backend = _backend(model, tok, task, None)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = backend.sample_ids(task.eval_rows, temperature=1.0, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert a == backend.sample_ids(task.eval_rows, temperature=1.0, seed=5)
 
 
 def test_evaluate_reports_task_accuracy_and_reward():
     task = build_task("synthetic", 2, 4, 0)
     model, tok = build_tiny_model(seed=0)
     base, _ = build_tiny_model(seed=0)
-    result = evaluate(task, _generator(model, tok, task), base_model=base, kl_samples=2, kl_prompts=2, samples_to_log=4)
+    result = evaluate(task, _backend(model, tok, task, base), kl_samples=2, kl_prompts=2, samples_to_log=4)
     completions = [s["completion"] for s in result.samples]
     assert result.n == 4 and len(completions) == 4
     assert result.kl == pytest.approx(0.0, abs=1e-6)

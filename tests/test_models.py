@@ -9,7 +9,7 @@ import torch
 from es_repro.config import ModelConfig
 from es_repro.models import ModelNotFound, gguf_checkpoint, load_model
 from helpers import compose_cfg
-from es_repro.main import to_run_config
+from es_repro.config import to_run_config
 
 
 def test_missing_package_says_how_to_get_it():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from es_repro.noise import tensor_noise
+from es_repro.update_rules import SGD, Momentum
 from es_repro.tiny_model import build_tiny_model
 from es_repro.weights import ESWeights
 
@@ -71,12 +72,29 @@ def test_update_accumulates_in_fp32_below_bf16_resolution():
 
 def test_decay_pulls_toward_base():
     model, _ = build_tiny_model(seed=2)
-    weights = ESWeights(model, "iid", keep_base=True)
-    weights.apply_update([(5, 0.1)], decay=0.0)
-    dist = sum(float((m - b).norm()) for m, b in zip(weights.master, weights.base))
-    weights.apply_update([], decay=0.5)
-    dist_after = sum(float((m - b).norm()) for m, b in zip(weights.master, weights.base))
+    base = [p.detach().clone() for p in model.parameters()]
+    weights = ESWeights(model, "iid", rule=SGD(decay=0.5))
+    weights.rule.decay = 0.0  # a plain step first, then one pure decay step
+    weights.apply_update([(5, 0.1)])
+    dist = sum(float((m - b).norm()) for m, b in zip(weights.master, base))
+    weights.rule.decay = 0.5
+    weights.apply_update([])
+    dist_after = sum(float((m - b).norm()) for m, b in zip(weights.master, base))
     assert dist_after == pytest.approx(dist * 0.5, rel=1e-5)
+
+
+def test_momentum_rule_follows_its_definition():
+    """v_1 = d_1, v_2 = beta v_1 + d_2; theta_2 = theta_0 + v_1 + v_2, with d_t the plain ES step of generation t."""
+    model, _ = build_tiny_model(seed=2)
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    weights = ESWeights(model, "iid", rule=Momentum(beta=0.5))
+    steps = [[(5, 0.1), (6, -0.05)], [(7, 0.02)]]
+    for s in steps:
+        weights.apply_update(s)
+    for i, (t0, m) in enumerate(zip(theta0, weights.master)):
+        d = [sum(c * tensor_noise(t0, i, seed, "iid") for seed, c in s) for s in steps]
+        torch.testing.assert_close(m, t0 + d[0] + (0.5 * d[0] + d[1]), rtol=0, atol=1e-6)
+    assert sorted(weights.rule.state_dict()) == sorted(f"velocity.{n}" for n in weights.names)
 
 
 def test_tied_weights_are_perturbed_once():

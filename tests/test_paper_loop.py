@@ -8,29 +8,34 @@ from es_repro import es
 from es_repro.paper_loop import PaperLoopWeights
 from es_repro.tasks import build_task
 from es_repro.tiny_model import build_tiny_model
-from es_repro.backends import HFGenerator
-from es_repro.train_es import Timer, evaluate_member
+from es_repro.hf_backend import HFBackend
+from es_repro.hf_generation import HFGenerator
+from es_repro.paper_loop import release_tell
+from es_repro.timing import Timer
 from es_repro.weights import ESWeights
 
 
-def run_loop(weights_cls, generations: int = 3):
+def run_loop(paper: bool, generations: int = 3):
     model, tok = build_tiny_model(seed=3)
     tok.padding_side = "left"
     task = build_task("synthetic", 4, 1, 0)
-    weights = weights_cls(model, "correlated")
-    gen = HFGenerator(model, tok, prompt_format="raw", max_new_tokens=4)
+    weights = PaperLoopWeights(model, "correlated", 0.03, 6) if paper else ESWeights(model, "correlated")
+    backend = HFBackend(model, tok, HFGenerator(model, tok, prompt_format="raw", max_new_tokens=4), weights)
     all_rewards = []
     for g in range(generations):
         members = es.ask(0, g, 6)
-        rewards = [evaluate_member(weights, m, 0.03, gen, task, task.train_rows, Timer()) for m in members]
-        weights.apply_update(es.merge_by_seed(members, es.tell(members, rewards, 0.03)))
+        rewards = backend.fitness(members, 0.03, task.train_rows, task, Timer())
+        if paper:
+            backend.apply_update([(m.seed, z) for m, z in zip(members, release_tell(rewards))])
+        else:
+            backend.apply_update(es.merge_by_seed(members, es.tell(members, rewards, 0.03)))
         all_rewards.append(rewards)
     return [p.detach().clone() for p in weights.params], all_rewards
 
 
 def test_default_weights_equal_paper_loop_after_k_generations():
-    ours, rewards_ours = run_loop(ESWeights)
-    paper, rewards_paper = run_loop(PaperLoopWeights)
+    ours, rewards_ours = run_loop(paper=False)
+    paper, rewards_paper = run_loop(paper=True)
     assert rewards_ours == rewards_paper
     assert any(r != rewards_ours[0][0] for rs in rewards_ours for r in rs)  # the update was not trivially zero
     for a, b in zip(ours, paper):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from es_repro.backends import cut_at_stop, render_prompt
+from es_repro.hf_generation import cut_at_stop, render_prompt
 from es_repro.tasks import TASKS, build_task, score
 from es_repro.tasks.conciseness import display_reward
 from es_repro.tiny_model import build_tiny_tokenizer

@@ -19,22 +19,20 @@ from es_repro.config import RunConfig
 
 def run_baseline(cfg: RunConfig, run_dir: Path) -> dict:
     """Train with cfg.baseline.method in run_dir; skip a finished run, resume an unfinished one."""
+    from es_repro import lifecycle
     from es_repro.runlog import RunLog
     from es_repro.tasks import build_task
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-step INFO lines under Hydra's logging
     run_dir = Path(run_dir)
     log = RunLog(run_dir)
-    if log.is_finished():
-        print(f"[es-repro] {run_dir} already finished; skipping (delete run.json to rerun)")
-        return log.info().get("summary", {})
+    summary = lifecycle.finished_summary(log)
+    if summary is not None:
+        return summary
     if cfg.baseline.method == "grpo":
         from es_repro.baselines.grpo import run
     else:
         from es_repro.baselines.ppo import run
     task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
-    try:
+    with lifecycle.failure_recorded(log):
         return run(cfg, run_dir, task, log)
-    except BaseException as err:
-        log.fail(f"{type(err).__name__}: {err}")
-        raise

@@ -47,14 +47,14 @@ class _TrainLineClock:
 def measure(method: str, model: str, task: str, max_new_tokens: int, steps: int, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from es_repro.main import CONF_DIR, to_run_config
+    from es_repro.main import CONF_DIR, load_config
 
     base = [f"model={model}", f"task={task}", f"task.max_new_tokens={max_new_tokens}", "eval.every=0",
             "eval.kl_samples=0", "task.eval_size=1", "checkpoint_every=1000000", "progress=false"]
     if method != "es":
         base += [f"baseline={method}", "baseline.eval_every_samples=0"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = to_run_config(compose(config_name="config", overrides=base + list(overrides)))
+        cfg = load_config(compose(config_name="config", overrides=base + list(overrides)))
     clock = _TrainLineClock()
     try:
         with tempfile.TemporaryDirectory() as tmp:

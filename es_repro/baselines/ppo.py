@@ -31,7 +31,7 @@ from es_repro.baselines import session
 from es_repro.baselines.generation import RewardRecorder, StopStringHook, prompt_ids
 from es_repro.baselines.reward_model import TaskRewardModel
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
-from es_repro.backends import render_prompt
+from es_repro.hf_generation import render_prompt
 from es_repro.config import ModelConfig, RunConfig
 from es_repro.models import load_model
 from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog

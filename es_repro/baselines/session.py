@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -18,12 +17,12 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from es_repro import hf_backend, lifecycle
 from es_repro.baselines.generation import RewardRecorder
 from es_repro.config import RunConfig
-from es_repro.evaluate import evaluate
-from es_repro.runlog import SAMPLES_FILE, RunLog, open_wandb
+from es_repro.evaluate import Evaluator as SharedEvaluator
+from es_repro.runlog import SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
-from es_repro.train_es import build_generator
 
 CKPT_DIR = "checkpoints"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -55,10 +54,7 @@ def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
 
 def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", plan, step0: int) -> None:
     """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
-    config = asdict(cfg)
-    log.start(config, kind=cfg.baseline.method)
-    log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
-                           f"{cfg.experiment}/{Path(run_dir).name}", config, run_dir)
+    lifecycle.start(cfg, log, kind=cfg.baseline.method)
     print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "
           f"{plan.per_step:g} completions" + (f", resuming at step {step0}" if step0 else ""))
     if step0 == 0 and evaluator.every and evaluator.last_step is None:
@@ -79,43 +75,15 @@ def quiet(trainer) -> None:
         trainer.add_callback(_QuietProgress)
 
 
-class Evaluator:
-    """The shared evaluator (es_repro.evaluate) on the policy being trained, every `every` completions."""
+class Evaluator(SharedEvaluator):
+    """The shared evaluator (es_repro.evaluate) over the policy being trained, due every `every` completions."""
 
     def __init__(self, cfg: RunConfig, task: Task, log: RunLog, policy, tokenizer, base_model: Callable, every: int):
-        self.cfg, self.task, self.log, self.policy, self.base_model = cfg, task, log, policy, base_model
-        self.generator = build_generator(cfg, task, policy, tokenizer)
+        super().__init__(cfg, task, hf_backend.for_model(cfg, task, policy, tokenizer, base_model), log)
         self.every = every
-        evals = log.records("eval")
-        self.last_step = evals[-1]["step"] if evals else None
-        self.last_samples = evals[-1]["samples"] if evals else 0
 
     def due(self, samples: int) -> bool:
         return bool(self.every) and samples // self.every > self.last_samples // self.every
-
-    def run(self, step: int, samples: int) -> dict:
-        e, was_training = self.cfg.eval, self.policy.training
-        self.policy.eval()
-        try:
-            base = self.base_model() if step > 0 and e.kl_samples > 0 else None
-            result = evaluate(self.task, self.generator, base_model=base, size=e.size,
-                              kl_samples=e.kl_samples, kl_prompts=e.kl_prompts, kl_temperature=e.kl_temperature,
-                              kl_max_new_tokens=e.kl_max_new_tokens, samples_to_log=e.samples_to_log,
-                              seed=self.cfg.seed + step)
-        finally:
-            self.policy.train(was_training)
-        metrics = result.metrics()
-        if step == 0:
-            metrics["eval_kl"] = 0.0  # the base model against itself
-        record = {"kind": "eval", "step": step, "samples": samples, **metrics}
-        self.log.append(record)
-        for s in result.samples:
-            self.log.append({"kind": "eval", "step": step, **s}, file=SAMPLES_FILE)
-        self.last_step, self.last_samples = step, samples
-        kl = metrics["eval_kl"]
-        tqdm.write(f"[eval] step {step} ({samples} samples): accuracy {metrics['eval_accuracy']:.3f} "
-                   f"reward {metrics['eval_reward']:.4f} kl {kl if kl is None else round(kl, 5)}")
-        return record
 
 
 class RunLogCallback(TrainerCallback):

@@ -135,5 +135,6 @@ def make_plan(cfg: RunConfig, train_rows: int, per_step: float) -> Plan:
 
 
 def check_trl_config(cfg: RunConfig) -> None:
-    """validate()'s hook for baseline runs: names, ownership and TRL's own value checks, before any model loads."""
+    """Baseline runs' config check (es_repro.main.load_config): names, ownership and TRL's own value checks,
+    before any model loads."""
     build_args(cfg, Path("unused-by-validation"))

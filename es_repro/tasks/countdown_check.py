@@ -5,14 +5,15 @@ No eval/ast/sympy: a tokenizer and a recursive-descent parser over a tiny gramma
 
     expr   := term (('+' | '-') term)*
     term   := factor (('*' | '/') factor)*
-    factor := NUMBER | '(' expr ')'
+    factor := ('+' | '-')* (NUMBER | '(' expr ')')
     NUMBER := 1-6 ASCII digits (integers only)
 
 Whitespace (space, tab, newline, carriage return) may appear between tokens.
 
 Decisions:
-- Unary minus/plus is rejected: the game allows only binary operations over the given numbers, and a leading
-  '-' would write a number that is not in the list.
+- Unary minus/plus (repeated too: "--9") is accepted and evaluated as Python does, because the released
+  checker (Python eval behind a character filter) accepts it: "-9+(4 * 63)+10" scores as 253 with [63, 4, 9, 10].
+  Signs bind tighter than * and /, as in Python; the numbers used are the digits written, signs aside.
 - Limits checked before any work: at most 200 characters, numbers of at most 6 digits, parentheses nested at
   most 50 deep. With these, the values stay small and the recursion shallow whatever the input.
 - Division by zero makes the expression invalid (evaluate -> None); no exception escapes.
@@ -100,6 +101,14 @@ class _Parser:
         return value
 
     def _factor(self, depth: int) -> Fraction:
+        negative = False
+        while self._peek() in ("+", "-"):  # unary signs, iteratively: a run of them costs no recursion
+            negative ^= self.tokens[self.pos] == "-"
+            self.pos += 1
+        value = self._primary(depth)
+        return -value if negative else value
+
+    def _primary(self, depth: int) -> Fraction:
         tok = self._peek()
         if isinstance(tok, int):
             self.pos += 1
@@ -114,7 +123,7 @@ class _Parser:
                 raise _Invalid
             self.pos += 1
             return value
-        raise _Invalid  # an operator where a number belongs (unary minus, '**', ...) or end of input
+        raise _Invalid  # an operator where a number belongs ('**', '*/', ...) or end of input
 
 
 def _parse(expr: object) -> _Parser | None:

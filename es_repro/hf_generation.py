@@ -1,21 +1,17 @@
-"""Text generation behind a small interface, so a faster engine (e.g. vLLM) can replace HF without touching ES.
+"""Generation with HF transformers (used by the HF backend, es_repro/hf_backend.py, and the RL baselines).
 
-A Generator turns task rows into completion strings: greedy for training and accuracy, sampled for KL.
+An HFGenerator turns task rows into completion strings: greedy for training and accuracy, sampled for KL.
 Completions are cut right after the first stop string (e.g. "</answer>") and never include the prompt.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.tasks.base import Row
-
-
-class Generator(Protocol):
-    def generate(self, rows: Sequence[Row], *, sample: bool = False, temperature: float = 1.0,
-                 max_new_tokens: int | None = None) -> list[str]: ...
 
 
 def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:
@@ -98,6 +94,14 @@ class HFGenerator:
             prompts, completions = self._generate_ids(texts[start : start + self.batch_size], True, temperature, max_new_tokens)
             pairs.extend(zip(prompts, completions))
         return pairs
+
+
+@torch.no_grad()
+def token_logprobs(model: PreTrainedModel, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    """log p(completion token | prefix) for each completion token, in float32."""
+    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return F.log_softmax(logits, dim=-1).gather(-1, ids[0, len(prompt_ids) :, None].to(logits.device))[:, 0]
 
 
 def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:

@@ -1,0 +1,74 @@
+"""Update rules: how a generation's combined noise step moves the fp32 master weights.
+
+The ES estimate for tensor i is delta_i = sum_k coeff_k * eps_k (built by the weights from logged seeds and
+coefficients). A rule turns it into the actual move, and may keep state (checkpointed and rebuilt by replay):
+- ``sgd`` (the paper): theta += delta; then, with es.decay > 0, theta -= decay * (theta - theta_base).
+- ``momentum``: v = beta * v + delta; theta += v (then the same optional decay). State: v per tensor.
+Rules see tensors only, never seeds, so every weights class (full-rank, low-rank, ...) shares them.
+"""
+from __future__ import annotations
+
+import torch
+
+UPDATE_RULES = ("sgd", "momentum")
+
+
+class SGD:
+    name = "sgd"
+
+    def __init__(self, decay: float = 0.0):
+        self.decay = decay
+        self.base: dict[str, torch.Tensor] = {}
+
+    def bind(self, named_master: dict[str, torch.Tensor]) -> None:
+        """Called once with the starting (base) master weights, before any checkpoint is loaded."""
+        if self.decay:
+            self.base = {n: m.clone() for n, m in named_master.items()}
+
+    @torch.no_grad()
+    def step(self, name: str, master: torch.Tensor, delta: torch.Tensor) -> None:
+        master.add_(self._move(name, delta))
+        if self.decay:
+            master.sub_(master - self.base[name], alpha=self.decay)
+
+    def _move(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        return delta
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"update rule {self.name!r} keeps no state, but the checkpoint has {sorted(state)[:3]}")
+
+
+class Momentum(SGD):
+    name = "momentum"
+
+    def __init__(self, beta: float = 0.9, decay: float = 0.0):
+        super().__init__(decay)
+        self.beta = beta
+        self.velocity: dict[str, torch.Tensor] = {}
+
+    def _move(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        v = self.velocity.get(name)
+        self.velocity[name] = v = delta.clone() if v is None else v.mul_(self.beta).add_(delta)
+        return v
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"velocity.{n}": v for n, v in self.velocity.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        bad = [k for k in state if not k.startswith("velocity.")]
+        if bad:
+            raise ValueError(f"update rule 'momentum' does not know state {bad[:3]}")
+        self.velocity = {k.removeprefix("velocity."): v.clone() for k, v in state.items()}
+
+
+def build_update_rule(es_cfg) -> SGD:
+    """The rule an ESConfig names (es.update), with its settings."""
+    if es_cfg.update == "sgd":
+        return SGD(es_cfg.decay)
+    if es_cfg.update == "momentum":
+        return Momentum(es_cfg.momentum, es_cfg.decay)
+    raise ValueError(f"es.update={es_cfg.update!r} is not one of {UPDATE_RULES}")

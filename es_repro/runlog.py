@@ -84,8 +84,11 @@ class RunLog:
         return summary
 
     def fail(self, error: str) -> None:
+        """status failed, the error, when, and the last step logged (a relaunch resumes from there)."""
         info = self.info()
-        info.update(status="failed", error=error)
+        train = self.records("train")
+        info.update(status="failed", error=error, failed_at=time.time(),
+                    reached_step=train[-1].get("step") if train else 0)
         write_json_atomic(self.dir / RUN_FILE, info)
 
     def is_finished(self) -> bool:

@@ -4,6 +4,7 @@ lines after it. Everything model-specific sits behind the Backend (es_repro/back
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from es_repro.backend import build_backend
 from es_repro.checkpoint import resume, save_checkpoint
 from es_repro.config import RunConfig
 from es_repro.evaluate import Evaluator
+from es_repro.prompt_limits import check_prompt_lengths
 from es_repro.runlog import RunLog
 from es_repro.tasks import build_task
 from es_repro.timing import Timer
@@ -26,24 +28,39 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
     summary = lifecycle.finished_summary(log)
     if summary is not None:
         return summary
-    with lifecycle.failure_recorded(log if is_main else None):
+    with lifecycle.managed(log, writer=is_main):
         task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
         backend = build_backend(cfg, task)
+        check_prompt_lengths(task, backend, cfg.task.max_prompt_tokens,
+                             str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
         state = resume(log.dir, backend, log)
         if is_main:
             lifecycle.start(cfg, log, kind="es")
         return _generations(cfg, log, task, backend, state, is_main)
 
 
+FLAT_GENERATIONS_WARNING = 3  # consecutive generations with identical member rewards before a sigma warning
+
+
+def bars_wanted(cfg: RunConfig, is_main: bool) -> bool:
+    """Progress bars only on a terminal: piped to a file they are escape-code clutter (the [train] lines stay)."""
+    wanted = cfg.progress and is_main and sys.stderr.isatty()
+    if not wanted:  # transformers' own bars (e.g. "Writing model shards") too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return wanted
+
+
 def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_main: bool) -> dict:
     evaluator = Evaluator(cfg, task, backend, log)
+    bars, flat = bars_wanted(cfg, is_main), 0
     evaluated = {r["step"] for r in log.records("eval")}
     if is_main and state["generation"] == 0 and 0 not in evaluated and cfg.eval.every > 0:
         evaluator.run(0, 0, unit="generation")
 
     G, N = cfg.es.generations, cfg.es.population
-    bar = tqdm(total=G, initial=state["generation"], desc="ES generations", disable=not (cfg.progress and is_main),
-               dynamic_ncols=True)
+    bar = tqdm(total=G, initial=state["generation"], desc="ES generations", disable=not bars, dynamic_ncols=True)
     for g in range(state["generation"], G):
         timer, t0, tokens0 = Timer(), time.perf_counter(), backend.generated_tokens
         members = es.ask(cfg.seed, g, N, cfg.es.antithetic, cfg.es.seed_stream)
@@ -51,8 +68,10 @@ def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_mai
         rows = [task.train_rows[i] for i in row_ids]
         # This process scores members[rank::world]; every process then holds all N rewards in member order.
         local = backend.fitness(distributed.shard(members), cfg.es.sigma, rows, task, timer,
-                                progress=f"gen {g + 1} members" if cfg.progress and is_main else "")
+                                progress=f"gen {g + 1} members" if bars else "")
         rewards = distributed.gather_sharded(local, N)
+        if not np.isfinite(rewards).all():  # a NaN would z-score every coefficient to NaN and poison the weights
+            raise RuntimeError(f"generation {g + 1}: non-finite member rewards {rewards}; the weights were not updated")
         coeffs = es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)
         update = es.merge_by_seed(members, coeffs)
         with timer("update"):
@@ -75,6 +94,11 @@ def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_mai
         bar.update(1)
         tqdm.write(f"[train] generation {g + 1}/{G}: reward mean {r.mean():.4f} std {r.std():.4f} "
                    f"max {r.max():.4f} ({total:.1f}s, {tokens / total:.1f} tok/s)")
+        flat = flat + 1 if r.min() == r.max() else 0
+        if flat == FLAT_GENERATIONS_WARNING:
+            tqdm.write(f"[es-repro] warning: all {N} members scored the same for {flat} generations in a row, so the "
+                       f"update is zero: es.sigma={cfg.es.sigma} is too small for this model and task (try a larger "
+                       f"es.sigma, or measure with the sigma probe)")
         last = g + 1 == G
         if (g + 1) % cfg.checkpoint_every == 0 or last:
             save_checkpoint(log.dir, backend, state, keep=cfg.keep_checkpoints)

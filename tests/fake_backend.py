@@ -45,6 +45,9 @@ class FakeBackend:
     def prompts(self, rows):
         return [r["prompt"] for r in rows]
 
+    def count_tokens(self, texts):
+        return [len(t) for t in texts]
+
     def generate(self, rows, *, max_new_tokens=None):
         return self._complete(self.theta, rows)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from es_repro.errors import DataError
 from es_repro.tasks.base import score
 from es_repro.tasks.countdown import (
     ASSISTANT_PREFIX,
@@ -348,7 +349,9 @@ def test_loader_rejects_bad_rows(tmp_path, record, field, jsonl):
     with pytest.raises(ValueError) as err:
         load_problems(path)
     message = str(err.value)
-    assert path.name in message and "row 2" in message and f"field '{field}'" in message
+    where = f"{path}:3" if jsonl else f"{path}: row 2"  # JSONL: line 3; JSON list: row index 2
+    assert message.startswith(where) and f"field '{field}'" in message
+    assert isinstance(err.value, DataError)
 
 
 @pytest.mark.parametrize("text", ["[1, 2", '{"numbers": [1, 2, 3], "target": 6}\nnot json\n', '[{"a": 1}', "[3]"])

@@ -185,14 +185,14 @@ def test_hostile_replies_are_handled_quickly(qa_task):
                                            ({"question": "q?", "answers": ["a", 3]}, "answers")])
 def test_jsonl_errors_name_file_row_and_field(tmp_path, record, field):
     data = write_qa(tmp_path / "trivia.jsonl", [{"question": "ok?", "answers": ["ok"]}, record])
-    with pytest.raises(ValueError, match=rf"trivia.jsonl row 2: field '{field}'"):
+    with pytest.raises(ValueError, match=rf"trivia.jsonl:2: field '{field}'"):
         build_task("esma", 1, 0, 0, {"source": "jsonl", "data_path": data})
 
 
 def test_jsonl_bad_json_and_too_few_questions(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q?", "answers": ["a"]}\n{not json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl row 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         build_task("esma", 1, 0, 0, {"source": "jsonl", "data_path": str(path)})
     data = write_qa(tmp_path / "small.jsonl", [{"question": "q?", "answers": "a"}] * 3)  # one distinct question
     with pytest.raises(ValueError, match=r"1 distinct questions, need .* = 2"):

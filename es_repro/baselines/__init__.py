@@ -34,5 +34,5 @@ def run_baseline(cfg: RunConfig, run_dir: Path) -> dict:
     else:
         from es_repro.baselines.ppo import run
     task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
-    with lifecycle.failure_recorded(log):
+    with lifecycle.managed(log):
         return run(cfg, run_dir, task, log)

@@ -21,6 +21,7 @@ from es_repro import hf_backend, lifecycle
 from es_repro.baselines.generation import RewardRecorder
 from es_repro.config import RunConfig
 from es_repro.evaluate import Evaluator as SharedEvaluator
+from es_repro.prompt_limits import check_prompt_lengths
 from es_repro.runlog import SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
 
@@ -54,6 +55,8 @@ def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
 
 def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", plan, step0: int) -> None:
     """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
+    check_prompt_lengths(evaluator.task, evaluator.backend, cfg.task.max_prompt_tokens,
+                         str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
     lifecycle.start(cfg, log, kind=cfg.baseline.method)
     print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "
           f"{plan.per_step:g} completions" + (f", resuming at step {step0}" if step0 else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from es_repro.errors import ConfigError, DataError
 from es_repro.tasks.base import Row, Task, columns, score
 from es_repro.tasks.conciseness import build_conciseness_task
 from es_repro.tasks.countdown import build_countdown_task
@@ -24,15 +25,21 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 
 def build_task(name: str, train_size: int, eval_size: int, seed: int, options: dict | None = None) -> Task:
-    """Build a task by name; unknown names or options fail with the allowed values."""
+    """Build a task by name; unknown names or options fail with the allowed values (ConfigError), bad data files
+    with the file and line (DataError)."""
     if name not in TASKS:
-        raise ValueError(f"task.name={name!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"task.name={name!r} is unknown; choose one of: {', '.join(sorted(TASKS))}")
     builder = TASKS[name]
     allowed = [p for p in inspect.signature(builder).parameters if p not in ("train_size", "eval_size", "seed")]
     unknown = sorted(set(options or {}) - set(allowed))
     if unknown:
-        raise ValueError(f"task.options {unknown} not accepted by task {name!r}; allowed options: {', '.join(allowed) or 'none'}")
-    return builder(train_size=train_size, eval_size=eval_size, seed=seed, **(options or {}))
+        raise ConfigError(f"task.options {unknown} not accepted by task {name!r}; allowed options: {', '.join(allowed) or 'none'}")
+    try:
+        return builder(train_size=train_size, eval_size=eval_size, seed=seed, **(options or {}))
+    except DataError:
+        raise
+    except ValueError as err:  # builders raise ValueError for option values they refuse
+        raise ConfigError(str(err)) from err
 
 
 __all__ = ["TASKS", "Row", "Task", "build_task", "columns", "score"]

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from es_repro.errors import DataError
+
+MAX_DATA_BYTES = 256 * 2**20  # a task data file larger than this is refused before it is read
 
 Row = dict[str, Any]
 RewardFn = Callable[..., list[float]]
@@ -47,8 +52,19 @@ def score(fn: RewardFn, completions: Sequence[str], rows: Sequence[Row]) -> list
 
 
 def parse_json(text: str, where: str) -> Any:
-    """json.loads for data files; a decode error becomes a ValueError that names ``where`` (file, line)."""
+    """json.loads for data files; a decode error becomes a DataError that names ``where`` (file:line)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err})") from None
+        raise DataError(f"{where}: not valid JSON ({err})") from None
+
+
+def data_file(path: str | Path, option: str = "task.options.data_path") -> Path:
+    """A task data file that exists and is not too large to read (checked before reading a byte)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file ({option}={str(path)!r})")
+    size = path.stat().st_size
+    if size > MAX_DATA_BYTES:
+        raise DataError(f"{path}: {size / 2**20:.0f} MiB is larger than the {MAX_DATA_BYTES // 2**20} MiB a task file may be")
+    return path

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from es_repro.tasks.answer_extract import last_block
-from es_repro.tasks.base import Row, Task, parse_json
+from es_repro.errors import DataError
+from es_repro.tasks.base import Row, Task, data_file, parse_json
 from es_repro.tasks.countdown_check import MAX_DIGITS, check_answer
 
 SYSTEM_PROMPT = (
@@ -225,18 +226,16 @@ def make_splits(
     return rows[eval_size:], rows[:eval_size]
 
 
-def _read_records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+def _read_records(path: Path) -> list[tuple[str, Any]]:
+    """(where, record) pairs: where = "<file>:<line>" for JSONL, "<file>: row <i>" for a JSON list."""
+    text = data_file(path).read_text(encoding="utf-8", errors="replace")
     if text.lstrip().startswith("["):  # a JSON list; anything else is read as JSONL
-        records = parse_json(text, path.name)
+        records = parse_json(text, str(path))
         if not isinstance(records, list):
-            raise ValueError(f"{path.name}: expected a JSON list of objects")
-        return records
-    records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            records.append(parse_json(line, f"{path.name} line {line_no}"))
-    return records
+            raise DataError(f"{path}: expected a JSON list of objects")
+        return [(f"{path}: row {i}", r) for i, r in enumerate(records)]
+    return [(f"{path}:{line_no}", parse_json(line, f"{path}:{line_no}"))
+            for line_no, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def _is_int(x: Any) -> bool:
@@ -245,7 +244,7 @@ def _is_int(x: Any) -> bool:
 
 def _row_from_record(record: Any, where: str) -> Row:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {record!r:.80}")
+        raise DataError(f"{where}: expected a JSON object, got {record!r:.80}")
     field = "nums" if "nums" in record and "numbers" not in record else "numbers"  # accept the alias
     numbers = record.get(field)
     sizes = "-".join(str(s) for s in FILE_SIZES)
@@ -254,18 +253,18 @@ def _row_from_record(record: Any, where: str) -> Row:
         and len(numbers) in FILE_SIZES
         and all(_is_int(x) and 0 < x < 10**MAX_DIGITS for x in numbers)
     ):
-        raise ValueError(
+        raise DataError(
             f"{where}: field '{field}' must be a list of {sizes} positive integers (at most {MAX_DIGITS} digits), "
             f"got {numbers!r:.80}"
         )
     target = record.get("target")
     if not _is_int(target):
-        raise ValueError(f"{where}: field 'target' must be an integer, got {target!r:.80}")
+        raise DataError(f"{where}: field 'target' must be an integer, got {target!r:.80}")
     solution = record.get("solution", "")
     if solution is None:
         solution = ""
     if not isinstance(solution, str) or (solution and not check_answer(solution, numbers, target)):
-        raise ValueError(
+        raise DataError(
             f"{where}: field 'solution' must be an expression using the numbers to reach the target, "
             f"got {solution!r:.80}"
         )
@@ -274,17 +273,16 @@ def _row_from_record(record: Any, where: str) -> Row:
         if record.get(key) is not None:
             prompt = record[key]
             if not isinstance(prompt, str) or not prompt:
-                raise ValueError(f"{where}: field '{key}' must be a non-empty string, got {prompt!r:.80}")
+                raise DataError(f"{where}: field '{key}' must be a non-empty string, got {prompt!r:.80}")
             break
     return make_row(numbers, target, solution, prompt)
 
 
 def load_problems(path: str | Path) -> list[Row]:
     """Rows from a JSON list or JSONL file with ``numbers`` (or ``nums``), ``target``, optional ``solution``
-    and optional ``context``/``prompt`` (raw prompt text, used verbatim). Row indices in errors count records
-    from 0. Other fields are dropped."""
-    path = Path(path)
-    return [_row_from_record(r, f"{path.name} row {i}") for i, r in enumerate(_read_records(path))]
+    and optional ``context``/``prompt`` (raw prompt text, used verbatim). Errors name the file and the line
+    (JSONL) or the row index from 0 (JSON list). Other fields are dropped."""
+    return [_row_from_record(r, where) for where, r in _read_records(Path(path))]
 
 
 def _with_prefix(rows: list[Row], assistant_prefix: str) -> list[Row]:
@@ -316,7 +314,7 @@ def build_countdown_task(
     if data_path is not None:
         rows = load_problems(data_path)
         if len(rows) <= train_from_file:
-            raise ValueError(f"{data_path}: {len(rows)} rows, need more than train_from_file={train_from_file}")
+            raise DataError(f"{data_path}: {len(rows)} rows, need more than task.options.train_from_file={train_from_file}")
         train_rows, eval_rows = rows[:train_from_file][:train_size], rows[train_from_file:][:eval_size]
     else:
         train_rows, eval_rows = make_splits(

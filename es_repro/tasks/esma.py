@@ -35,7 +35,8 @@ from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
-from es_repro.tasks.base import Row, Task, parse_json
+from es_repro.errors import DataError
+from es_repro.tasks.base import Row, Task, data_file, parse_json
 from es_repro.tasks.reasoning_gym import Scorer, chatml, check_references, draw_entries, make_dataset
 
 REWARD_MODES = ("joint", "correctness", "alignment")
@@ -154,26 +155,24 @@ def make_pair(question: str, answers: list[str], question_id: int, rg_entry: dic
 def load_qa_jsonl(path: str | Path) -> list[tuple[str, list[str]]]:
     """(question, answers) from a JSONL file of {"question": str, "answers": [str, ...]} (a single string is
     accepted for answers). Bad rows raise ValueError naming the file, the row (1-based line number) and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"task.options.data_path={str(path)!r} is not a file")
+    path = data_file(path)
     out = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            where = f"{path.name} row {line_no}"
+            where = f"{path}:{line_no}"
             record = parse_json(line, where)
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             question = record.get("question")
             if not isinstance(question, str) or not question.strip():
-                raise ValueError(f"{where}: field 'question' must be a non-empty string, got {question!r:.80}")
+                raise DataError(f"{where}: field 'question' must be a non-empty string, got {question!r:.80}")
             answers = record.get("answers")
             if isinstance(answers, str):
                 answers = [answers]
             if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() for a in answers)):
-                raise ValueError(f"{where}: field 'answers' must be a non-empty list of non-empty strings, got {answers!r:.80}")
+                raise DataError(f"{where}: field 'answers' must be a non-empty list of non-empty strings, got {answers!r:.80}")
             out.append((question, answers))
     return out
 

@@ -105,7 +105,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
     config = asdict(cfg)
     is_main = distributed.is_main()  # with several processes, rank 0 alone writes run.json, logs, checkpoints
     if is_main:
-        log.start(config, kind="es")
+        log.start(config, kind="es", task_info=task.info)
         log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                                f"{cfg.experiment}/{run_dir.name}", config, run_dir)
     base_model = None

@@ -56,7 +56,7 @@ def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
 def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", plan, step0: int) -> None:
     """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
     config = asdict(cfg)
-    log.start(config, kind=cfg.baseline.method)
+    log.start(config, kind=cfg.baseline.method, task_info=evaluator.task.info)
     log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                            f"{cfg.experiment}/{Path(run_dir).name}", config, run_dir)
     print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "

@@ -35,7 +35,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
                              str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
         state = resume(log.dir, backend, log)
         if is_main:
-            lifecycle.start(cfg, log, kind="es")
+            lifecycle.start(cfg, log, kind="es", task_info=task.info)
         return _generations(cfg, log, task, backend, state, is_main)
 
 

@@ -1,9 +1,10 @@
 """The reasoning-gym adapter: reference answers score the maximum, the reward is the dataset's own scorer,
-extraction survives hostile text quickly, unsafe scorers are refused or guarded, splits are fixed and disjoint,
-and a short ES run works on the tiny random model."""
+extraction survives hostile text quickly, unsafe scorers run only in the reward sandbox or behind guards, splits
+are fixed and disjoint, and a short ES run works on the tiny random model."""
 from __future__ import annotations
 
 import builtins
+import os
 import random
 import re
 import threading
@@ -19,7 +20,7 @@ from reasoning_gym.factory import DATASETS  # noqa: E402
 from es_repro.runlog import RunLog  # noqa: E402
 from es_repro.tasks import build_task, score  # noqa: E402
 from es_repro.tasks.answer_extract import extract_answer, last_tag_block, time_limited  # noqa: E402
-from es_repro.tasks.reasoning_gym import NUMERIC_SYMPY, REFUSED_EVAL, REFUSED_SYMPY, Scorer  # noqa: E402
+from es_repro.tasks.reasoning_gym import NUMERIC_SYMPY, SANDBOXED, SANDBOXED_EVAL, SANDBOXED_SYMPY, Scorer  # noqa: E402
 from es_repro.train_es import run_es  # noqa: E402
 from helpers import make_cfg  # noqa: E402
 
@@ -155,7 +156,8 @@ def test_time_limited_stops_runaway_calls():
 
 def test_scorer_safety_audit_of_the_installed_reasoning_gym(monkeypatch):
     """Feed a marker to every dataset's score_answer and watch eval/exec: the datasets where model text reaches
-    them must be exactly those the adapter refuses or guards (rerun on every reasoning-gym upgrade)."""
+    them must be exactly those the adapter sends to the sandbox or guards (rerun on every reasoning-gym upgrade);
+    the in-process Scorer refuses the sandboxed ones outright."""
     marker = "zqprobe"
     reached: set[str] = set()
     current = {"name": ""}
@@ -187,16 +189,40 @@ def test_scorer_safety_audit_of_the_installed_reasoning_gym(monkeypatch):
             except Exception:
                 pass
             current["name"] = "guarded:" + name
-            Scorer(ds, name, score_timeout=0).score_answer(probe, entry)
+            if name in SANDBOXED:
+                with pytest.raises(ValueError, match="scores only in the sandbox"):
+                    Scorer(ds, name, score_timeout=0)
+            else:
+                Scorer(ds, name, score_timeout=0).score_answer(probe, entry)
         monkeypatch.setattr(builtins, "eval", real_eval)
         monkeypatch.setattr(builtins, "exec", real_exec)
     guarded_reached = {n for n in reached if n.startswith("guarded:")}
-    assert {n for n in reached if not n.startswith("guarded:")} == set(REFUSED_EVAL | REFUSED_SYMPY | NUMERIC_SYMPY)
-    assert guarded_reached <= {"guarded:" + n for n in REFUSED_EVAL | REFUSED_SYMPY}  # refused before any use
+    assert {n for n in reached if not n.startswith("guarded:")} == set(SANDBOXED_EVAL | SANDBOXED_SYMPY | NUMERIC_SYMPY)
+    assert not guarded_reached  # NUMERIC_SYMPY's filter stops the marker; SANDBOXED never score in this process
 
 
-@pytest.mark.parametrize("dataset, message", [("n_queens", "eval"), ("polynomial_multiplication", "sympy"),
-                                              ("no_such_dataset", "mini_sudoku"), ("rush_hour", "does not score 1.0")])
+@pytest.mark.parametrize("dataset", ["n_queens", "polynomial_multiplication"])  # one eval scorer, one sympy scorer
+def test_eval_and_sympy_scorers_run_only_in_the_sandbox(dataset, monkeypatch):
+    task = rg_task(dataset, train=2, evals=3, format_reward=0.1, sandbox={"workers": 1, "timeout_s": 1.0, "cpu_s": 1.0})
+    assert task.info["sandbox"]["level"] in ("bwrap", "unshare", "none")
+    rows = task.eval_rows
+    seen: list[str] = []
+    real_eval, real_exec = builtins.eval, builtins.exec
+    monkeypatch.setattr(builtins, "eval", lambda src, *a, **k: (seen.append(str(src)), real_eval(src, *a, **k))[1])
+    monkeypatch.setattr(builtins, "exec", lambda src, *a, **k: (seen.append(str(src)), real_exec(src, *a, **k))[1])
+    refs = [wrap(r["answer"]) for r in rows]
+    assert score(task.reward, refs, rows) == pytest.approx([1.1] * len(rows))
+    assert score(task.accuracy, refs, rows) == [1.0] * len(rows)
+    hostile = [f"__import__('os').kill({os.getpid()}, 9)", "[[1] * 10**10]", "Float('1e999999')", "x" * 3000,
+               "__import__('time').sleep(60)", "zqprobe"]
+    start = time.perf_counter()
+    values = score(task.reward, [wrap(h) for h in hostile], [rows[0]] * len(hostile))
+    assert values == pytest.approx([0.1] * len(hostile))  # the format bonus only
+    assert time.perf_counter() - start < 1.0 * len(hostile) + 3.0
+    assert not any("zqprobe" in s or "kill" in s for s in seen)  # model text never reached eval/exec here
+
+
+@pytest.mark.parametrize("dataset, message", [("no_such_dataset", "mini_sudoku"), ("rush_hour", "does not score 1.0")])
 def test_unusable_datasets_are_refused(dataset, message):
     with pytest.raises(ValueError, match=message):
         rg_task(dataset)

@@ -57,7 +57,7 @@ def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", pl
     """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
     check_prompt_lengths(evaluator.task, evaluator.backend, cfg.task.max_prompt_tokens,
                          str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
-    lifecycle.start(cfg, log, kind=cfg.baseline.method)
+    lifecycle.start(cfg, log, kind=cfg.baseline.method, task_info=evaluator.task.info)
     print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "
           f"{plan.per_step:g} completions" + (f", resuming at step {step0}" if step0 else ""))
     if step0 == 0 and evaluator.every and evaluator.last_step is None:

@@ -8,10 +8,12 @@ import inspect
 from typing import Callable
 
 from es_repro.errors import ConfigError, DataError
+from es_repro.tasks.arc_program import build_arc_program_task
 from es_repro.tasks.base import Row, Task, columns, score
 from es_repro.tasks.conciseness import build_conciseness_task
 from es_repro.tasks.countdown import build_countdown_task
 from es_repro.tasks.esma import build_esma_task
+from es_repro.tasks.math_task import build_math_task
 from es_repro.tasks.reasoning_gym import build_rg_task  # imports reasoning_gym only when a task is built
 from es_repro.tasks.synthetic import build_synthetic_task
 
@@ -21,6 +23,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "synthetic": build_synthetic_task,
     "rg": build_rg_task,
     "esma": build_esma_task,
+    "arc_program": build_arc_program_task,  # model-written programs, run in the reward sandbox
+    "math": build_math_task,  # boxed answers checked by math-verify in the reward sandbox
 }
 
 

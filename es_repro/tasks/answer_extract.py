@@ -138,3 +138,47 @@ def time_limited(fn: Callable[..., Any], seconds: float, default: Any, *args: An
         return default
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def last_boxed(completion: Any, max_chars: int) -> str | None:
+    """Content of the last ``\\boxed{...}`` (balanced braces; ``\\{`` and ``\\}`` are literal), stripped; None if
+    there is none, the last one is not closed, or its content is longer than ``max_chars``. Reads at most
+    ``max_chars`` characters past the last ``\\boxed``."""
+    if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    start = completion.rfind("\\boxed")
+    if start < 0:
+        return None
+    pos = start + len("\\boxed")
+    while pos < len(completion) and completion[pos] == " ":
+        pos += 1
+    if pos >= len(completion) or completion[pos] != "{":
+        return None
+    depth, i, end = 0, pos, min(len(completion), pos + max_chars + 2)
+    while i < end:
+        ch = completion[i]
+        if ch == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                content = completion[pos + 1:i].strip()
+                return content if len(content) <= max_chars else None
+        i += 1
+    return None
+
+
+def last_code_block(completion: Any, max_chars: int) -> str | None:
+    """The last complete Markdown fenced block (``` ... ```, fences paired left to right as in
+    ``re.findall(r"```(.*?)```", text, re.DOTALL)[-1]``), without its info string (e.g. "python");
+    None if there is none or the code is longer than ``max_chars``."""
+    block = last_tag_block(completion, "```", "```")
+    if block is None:
+        return None
+    first, newline, rest = block.partition("\n")
+    if newline and (not first.strip() or first.strip().replace("_", "").replace("-", "").replace("+", "").isalnum()):
+        block = rest  # drop the info string ("python", "py", "python3") or an empty first line
+    return block if len(block) <= max_chars else None

@@ -35,6 +35,8 @@ class Task:
     stop_strings: tuple[str, ...] = ()
     # Extra per-task numbers worth logging at evaluation time: fn(completions, rows) -> {name: value}.
     extra_metrics: Callable[[list[str], list[Row]], dict[str, float]] | None = field(default=None, repr=False)
+    # Facts about how the task scores, recorded in run.json as "task_info" (e.g. the sandbox isolation that ran).
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def columns(rows: Sequence[Row]) -> dict[str, list[Any]]:

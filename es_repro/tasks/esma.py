@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
 from es_repro.errors import DataError
 from es_repro.tasks.base import Row, Task, data_file, parse_json
-from es_repro.tasks.reasoning_gym import Scorer, chatml, check_references, draw_entries, make_dataset
+from es_repro.tasks.reasoning_gym import SANDBOXED, Scorer, chatml, check_references, draw_entries, make_dataset
 
 REWARD_MODES = ("joint", "correctness", "alignment")
 SOURCES = ("rg", "jsonl")
@@ -201,6 +201,9 @@ def build_esma_task(train_size: int = 256, eval_size: int = 1000, seed: int = 0,
         raise ValueError(f"task.options.source={source!r} is not allowed; choose one of: {', '.join(SOURCES)}")
     scorer = None
     if source == "rg":
+        if dataset in SANDBOXED:
+            raise ValueError(f"task.options.dataset={dataset!r} is not available in task=esma: its scorer evaluates model "
+                             "text, which only task=rg runs (in the reward sandbox)")
         ds = make_dataset(dataset, config, seed, 4 * (train_size + eval_size) + 100)
         evals, train = draw_entries(ds, eval_size, train_size, None, f"reasoning-gym dataset {dataset!r}")
         scorer = Scorer(ds, dataset, max_answer_chars, score_timeout)

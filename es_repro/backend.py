@@ -7,7 +7,7 @@ BACKENDS (or, without editing this file, ``generation.backend=package.module:fac
 
 What a backend promises:
 - ``fitness`` perturbs, generates greedily, scores and restores inside: the weights after the call equal the
-  weights before it, bit for bit.
+  weights before it, bit for bit. ``member_completions`` (optional, for the probe) does the same without scoring.
 - ``apply_update(seed_coeffs)`` moves the weights by sum_k coeff_k * eps(seed_k) through the configured update
   rule; given the same seeds and coefficients it always lands on the same weights (replay depends on it).
 - ``save_state``/``load_state`` round-trip everything ``apply_update`` depends on (master weights, rule state).
@@ -53,6 +53,12 @@ class Backend(Protocol):
     def fitness(self, members: Sequence["Member"], sigma: float, rows: Sequence["Row"], task: "Task",
                 timer: "Timer", progress: str = "") -> list[float]:
         """Mean per-prompt reward of each perturbed member on ``rows``, in member order."""
+
+    def member_completions(self, members: Sequence["Member"], sigma: float, rows: Sequence["Row"], timer: "Timer",
+                           progress: str = "") -> list[list[str]]:
+        """Optional (the sigma/N probe, es_repro/probe.py, needs it): each perturbed member's greedy completions
+        on ``rows``, in member and row order, with the same perturb/restore promise as ``fitness``. sigma=0 gives
+        the base model's completions through the same code path."""
 
     def apply_update(self, seed_coeffs: Sequence[tuple[int, float]]) -> None: ...
 

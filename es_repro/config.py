@@ -27,6 +27,8 @@ MODEL_SOURCES = ("hf", "gguf_package", "tiny_random")
 PROMPT_FORMATS = ("raw", "chat")
 WANDB_MODES = ("disabled", "offline", "online")
 BASELINE_METHODS = ("none", "grpo", "ppo")
+PROBE_REWARDS = ("binary", "shaped")
+PROBE_SPLITS = ("train", "eval", "all")
 
 
 @dataclass
@@ -109,6 +111,24 @@ class BaselineConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The sigma/N probe (python -m es_repro.probe, conf/probe.yaml): M seeded perturbations per sigma, each scored
+    per prompt on one fixed pool. Only sigmas, candidates, prompts and split decide what is generated; the other
+    fields shape the report and can change on a relaunch without re-scoring anything."""
+    sigmas: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    candidates: int = 60  # M perturbations per sigma (the same M noise directions at every sigma)
+    prompts: int = 64  # P: the first P rows of the split form the fixed prompt pool
+    split: str = "train"  # train | eval | all (train rows then eval rows)
+    batches: int = 4  # S: candidates split into S batches for the 95% intervals
+    n_values: list[int] = field(default_factory=lambda: [5, 10, 20, 30, 50])  # best-of-N at these N
+    subsets: int = 2000  # random N-subsets per estimate (the paper); 0 = exact order statistics
+    reward: str = "binary"  # binary: the task's accuracy (the paper) | shaped: the task's training reward
+    reward_max: Optional[float] = None  # shaped only: the best reachable reward, for the headroom (None: raw units)
+    n_ref: int = 30  # the recommendation asks for a positive best-of-n_ref gain
+    identical_max: float = 0.5  # ... and fewer than this share of candidates with the base model's exact outputs
+
+
+@dataclass
 class RunConfig:
     experiment: str = "default"  # results/<experiment>/<overrides> is the run directory
     seed: int = 0  # run seed: member seeds of generation g come from (seed, g)
@@ -123,6 +143,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    probe: Optional[ProbeConfig] = None  # set by conf/probe.yaml only; None keeps ES/baseline run.json unchanged
 
 
 def register_schemas() -> None:
@@ -223,6 +244,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("keep_checkpoints", cfg.keep_checkpoints)
     _one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
     _validate_baseline(cfg)
+    if cfg.probe is not None:
+        _validate_probe(cfg.probe)
     return cfg
 
 
@@ -233,6 +256,25 @@ def _validate_baseline(cfg: RunConfig) -> None:
         _positive(f"baseline.{name}", getattr(b, name), allow_zero=True)
     if b.method == "none" and b.trl:
         raise ConfigError(f"baseline.trl={dict(b.trl)} is only used by baseline=grpo or baseline=ppo (baseline.method=none runs ES)")
+
+
+def _validate_probe(p: ProbeConfig) -> None:
+    if not p.sigmas or any(s <= 0 for s in p.sigmas) or len(set(p.sigmas)) != len(p.sigmas):
+        raise ConfigError(f"probe.sigmas={list(p.sigmas)} is not allowed; give one or more distinct values > 0")
+    if p.candidates < 2:
+        raise ConfigError(f"probe.candidates={p.candidates} is not allowed; it must be >= 2")
+    _positive("probe.prompts", p.prompts)
+    _one_of("probe.split", p.split, PROBE_SPLITS)
+    if not 1 <= p.batches <= p.candidates:
+        raise ConfigError(f"probe.batches={p.batches} is not allowed; it must be in [1, probe.candidates={p.candidates}]")
+    if not p.n_values or any(not 1 <= n <= p.candidates for n in p.n_values):
+        raise ConfigError(f"probe.n_values={list(p.n_values)} is not allowed; each N must be in [1, probe.candidates={p.candidates}]")
+    _positive("probe.subsets", p.subsets, allow_zero=True)
+    _one_of("probe.reward", p.reward, PROBE_REWARDS)
+    if not 1 <= p.n_ref <= p.candidates:
+        raise ConfigError(f"probe.n_ref={p.n_ref} is not allowed; it must be in [1, probe.candidates={p.candidates}]")
+    if not 0.0 < p.identical_max <= 1.0:
+        raise ConfigError(f"probe.identical_max={p.identical_max} is not allowed; it must be in (0, 1]")
 
 
 def to_run_config(dcfg: DictConfig) -> RunConfig:

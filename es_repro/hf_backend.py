@@ -93,8 +93,8 @@ class HFBackend:
             raise RuntimeError("this HF backend serves generation only (no ES weights)")
         return self.weights
 
-    def fitness(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], task: Task,
-                timer: Timer, progress: str = "") -> list[float]:
+    def member_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], timer: Timer,
+                           progress: str = "") -> list[list[str]]:
         weights = self._es_weights()
         out = []
         for member in tqdm(members, desc=progress, leave=False, disable=not progress):
@@ -102,12 +102,18 @@ class HFBackend:
                 weights.perturb(member.seed, member.sign * sigma)
             try:
                 with timer("generate"):
-                    completions = self.generator.generate(rows)
-                with timer("reward"):
-                    rewards = score(task.reward, completions, rows)
+                    out.append(self.generator.generate(rows))
             finally:
                 with timer("restore"):
                     weights.restore()
+        return out
+
+    def fitness(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], task: Task,
+                timer: Timer, progress: str = "") -> list[float]:
+        out = []
+        for completions in self.member_completions(members, sigma, rows, timer, progress):
+            with timer("reward"):
+                rewards = score(task.reward, completions, rows)
             out.append(float(np.mean(rewards)))
         return out
 
@@ -147,18 +153,24 @@ class HFLowRankBackend(HFBackend):
         super().__init__(*args, **kwargs)
         self.members_per_forward = members_per_forward
 
-    def fitness(self, members, sigma, rows, task, timer, progress="") -> list[float]:
+    def member_completions(self, members, sigma, rows, timer, progress="") -> list[list[str]]:
         weights: LowRankESWeights = self._es_weights()
-        rewards: list[float] = []
+        out: list[list[str]] = []
         for start in range(0, len(members), self.members_per_forward):
             chunk = members[start : start + self.members_per_forward]
             batch = [row for _ in chunk for row in rows]  # member-major: member j owns rows [j*P, (j+1)*P)
             with weights.population(chunk, sigma):
                 with timer("generate"):
                     completions = self.generator.generate(batch, one_batch=True)
+            out.extend(completions[j * len(rows) : (j + 1) * len(rows)] for j in range(len(chunk)))
+        return out
+
+    def fitness(self, members, sigma, rows, task, timer, progress="") -> list[float]:
+        rewards: list[float] = []
+        for completions in self.member_completions(members, sigma, rows, timer, progress):
             with timer("reward"):
-                values = score(task.reward, completions, batch)
-            rewards.extend(sum(values[j * len(rows) : (j + 1) * len(rows)]) / len(rows) for j in range(len(chunk)))
+                values = score(task.reward, completions, rows)
+            rewards.append(sum(values) / len(rows))
         return rewards
 
 

@@ -71,6 +71,11 @@ class FakeBackend:
             out.append(sum(score(task.reward, completions, rows)) / len(rows))
         return out
 
+    def member_completions(self, members, sigma, rows, timer, progress=""):
+        with timer("generate"):
+            return [self._complete(self.theta + m.sign * sigma * tensor_noise(self.theta, 0, m.seed, "iid"), rows)
+                    for m in members]
+
     def apply_update(self, seed_coeffs):
         delta = torch.zeros_like(self.theta)
         for seed, c in seed_coeffs:

@@ -28,6 +28,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
     summary = lifecycle.finished_summary(log)
     if summary is not None:
         return summary
+    bars = bars_wanted(cfg, is_main)  # before the model loads: its loading bar too
     with lifecycle.managed(log, writer=is_main):
         task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
         backend = build_backend(cfg, task)
@@ -36,7 +37,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         state = resume(log.dir, backend, log)
         if is_main:
             lifecycle.start(cfg, log, kind="es", task_info=task.info)
-        return _generations(cfg, log, task, backend, state, is_main)
+        return _generations(cfg, log, task, backend, state, is_main, bars)
 
 
 FLAT_GENERATIONS_WARNING = 3  # consecutive generations with identical member rewards before a sigma warning
@@ -52,9 +53,9 @@ def bars_wanted(cfg: RunConfig, is_main: bool) -> bool:
     return wanted
 
 
-def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_main: bool) -> dict:
+def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_main: bool, bars: bool) -> dict:
     evaluator = Evaluator(cfg, task, backend, log)
-    bars, flat = bars_wanted(cfg, is_main), 0
+    flat = 0
     evaluated = {r["step"] for r in log.records("eval")}
     if is_main and state["generation"] == 0 and 0 not in evaluated and cfg.eval.every > 0:
         evaluator.run(0, 0, unit="generation")

@@ -124,13 +124,18 @@ def test_default_update_matches_the_release_in_fp32(tie):
     assert sum(int((ours[k] != base[k]).sum()) for k in ours) > 0.9 * sum(v.numel() for v in base.values())
 
 
-def test_released_seed_stream_equals_numpys_global_stream():
+def release_seeds(initial_seed: int, population: int, iterations: int) -> list[list[int]]:
+    """The release's member seeds per iteration, from numpy's global stream (left as it was found)."""
     saved = np.random.get_state()
     try:
-        np.random.seed(33)
-        expected = [np.random.randint(0, 2**30, size=30, dtype=np.int64).tolist() for _ in range(12)]
+        np.random.seed(initial_seed)
+        return [np.random.randint(0, 2**30, size=population, dtype=np.int64).tolist() for _ in range(iterations)]
     finally:
         np.random.set_state(saved)
+
+
+def test_released_seed_stream_equals_numpys_global_stream():
+    expected = release_seeds(33, 30, 12)
     es._released_draws.clear()
     assert [m.seed for m in es.ask(33, 7, 30, stream="released")] == expected[7]  # a resume at 7 redraws 0..6
     assert [[m.seed for m in es.ask(33, g, 30, stream="released")] for g in range(12)] == expected
@@ -141,12 +146,7 @@ def test_a_run_with_es_released_logs_the_releases_seeds(tmp_path):
     from es_repro.train_es import run_es
     from helpers import make_cfg
 
-    saved = np.random.get_state()
-    try:
-        np.random.seed(33)
-        expected = [np.random.randint(0, 2**30, size=6, dtype=np.int64).tolist() for _ in range(2)]
-    finally:
-        np.random.set_state(saved)
+    expected = release_seeds(33, 6, 2)
     cfg = make_cfg(["es=released", "seed=33", "es.population=6", "es.generations=2", "es.sigma=0.03", "es.alpha=0.03",
                     "eval.kl_samples=0"])
     assert (cfg.es.noise, cfg.es.noise_dtype, cfg.es.seed_stream) == ("correlated", "param", "released")

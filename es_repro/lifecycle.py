@@ -17,10 +17,11 @@ def finished_summary(log: RunLog) -> dict | None:
     return log.info().get("summary", {})
 
 
-def start(cfg, log: RunLog, kind: str) -> None:
-    """run.json (status running, config, commit, host) and the wandb mirror when enabled."""
+def start(cfg, log: RunLog, kind: str, details: dict | None = None) -> None:
+    """run.json (status running, config, commit, host; ``details``: what the backend reports about itself, e.g.
+    its forward path, under "backend") and the wandb mirror when enabled."""
     config = asdict(cfg)
-    log.start(config, kind=kind)
+    log.start(config, kind=kind, **({"backend": details} if details else {}))
     log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                            f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)
 

@@ -16,3 +16,9 @@ run qes_int4    model=smollm2-135m-int4 es.update=qes es.qes.bits=4 es.sigma=0.1
 run naive_int4  model=smollm2-135m-int4 es.update=qes es.qes.bits=4 es.sigma=0.15 es.alpha=0.02 es.qes.gamma=0
 run qes_int8    model=smollm2-135m-int8 es.update=qes es.qes.bits=8 es.sigma=2.6 es.alpha=0.33
 run naive_int8  model=smollm2-135m-int8 es.update=qes es.qes.bits=8 es.sigma=2.6 es.alpha=0.33 es.qes.gamma=0
+# The base models' held-out reward (es.generations=0: only the final evaluation runs).
+run base_smollm2-135m       model=smollm2-135m es.generations=0
+run base_smollm2-135m-int4  model=smollm2-135m-int4 es.update=qes es.qes.bits=4 es.generations=0
+run base_smollm2-135m-int8  model=smollm2-135m-int8 es.update=qes es.qes.bits=8 es.generations=0
+# Memory only: QES INT4 with the default replayed residual (no fp16 residual tensor), 2 generations.
+run qes_int4_replay_mem  model=smollm2-135m-int4 es.update=qes es.qes.bits=4 es.sigma=0.15 es.alpha=0.02 es.qes.residual=replay es.generations=2

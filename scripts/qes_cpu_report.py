@@ -20,17 +20,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def label(cfg: dict) -> str:
     es = cfg["es"]
+    if es["generations"] == 0:
+        return f"base model {cfg['model']['name']} (no update)"
     if es["update"] != "qes":
         return "full-precision ES"
     kind = "naive quantized ES (gamma=0)" if es["qes"]["gamma"] == 0 else f"QES (gamma={es['qes']['gamma']})"
-    return f"INT{es['qes']['bits']} {kind}"
+    extra = f", {es['qes']['residual']} residual, memory run" if es["qes"]["residual"] == "replay" else ""
+    return f"INT{es['qes']['bits']} {kind}{extra}"
 
 
 def rss_name(cfg: dict) -> str:
     es = cfg["es"]
+    if es["generations"] == 0:
+        return f"base_{cfg['model']['name']}"
     if es["update"] != "qes":
         return "fp_es"
-    return f"{'naive' if es['qes']['gamma'] == 0 else 'qes'}_int{es['qes']['bits']}"
+    extra = "_replay_mem" if es["qes"]["residual"] == "replay" else ""
+    return f"{'naive' if es['qes']['gamma'] == 0 else 'qes'}_int{es['qes']['bits']}{extra}"
 
 
 def peak_rss_gib(path: Path) -> float | None:
@@ -62,7 +68,8 @@ def main(root: Path) -> None:
             "forward_path": backend.get("forward_path", f"HF model in {cfg['model']['dtype']} (fp32 master)").split(":")[0],
             "status": info.get("status"),
         })
-    order = ["full-precision ES", "INT8 QES", "INT8 naive", "INT4 QES", "INT4 naive"]
+    order = ["base model smollm2-135m ", "full-precision ES", "base model smollm2-135m-int8", "INT8 QES", "INT8 naive",
+             "base model smollm2-135m-int4", "INT4 QES", "INT4 naive"]
     rows.sort(key=lambda r: next((i for i, o in enumerate(order) if r["method"].startswith(o)), 9))
     with open(root / "table.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -74,7 +81,8 @@ def main(root: Path) -> None:
     (root / "table.md").write_text("\n".join(lines) + "\n\n(made by: python scripts/qes_cpu_report.py results/qes_cpu)\n")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, (x, y) in sorted(curves.items()):
-        ax.plot(x, y, marker="o", label=name)
+        if x and "memory run" not in name:  # base-model rows have no training curve
+            ax.plot(x, y, marker="o", label=name)
     ax.set_xlabel("generation")
     ax.set_ylabel("train reward (mean over members)")
     ax.set_title("SmolLM2-135M, Conciseness, N=4, 1 seed (pilot)")

@@ -40,8 +40,8 @@ class QESBackend(HFBackend):
         return {"name": self.name, "quantization": self.source, "quantized_layers": len(w.names),
                 "quantized_params": sum(q.codes.numel() for q in w.quantized),
                 "forward_path": f"dequantized: each block linear runs torch's dense matmul on scale * (code - zero) "
-                                f"in {self.source.get('dtype')}, recomputed only at the elements whose codes changed "
-                                f"(no quantized kernel)",
+                                f"in {self.source.get('dtype')}, re-de-quantized per layer, only for layers whose codes "
+                                f"changed (no quantized kernel)",
                 "residual": w.residuals.mode if w.gamma else "none (gamma=0)"}
 
     def update_stats(self) -> dict:

@@ -11,6 +11,8 @@ What a backend promises:
 - ``apply_update(seed_coeffs)`` moves the weights by sum_k coeff_k * eps(seed_k) through the configured update
   rule; given the same seeds and coefficients it always lands on the same weights (replay depends on it).
 - ``save_state``/``load_state`` round-trip everything ``apply_update`` depends on (master weights, rule state).
+Optional: ``describe()`` -> dict, written to run.json under "backend" (e.g. the forward path), and
+``update_stats()`` -> dict, merged into each generation's log line (e.g. the fraction of codes changed).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:  # typing only: this module stays import-light (config validat
     from es_repro.timing import Timer
 
 # generation.backend value -> "module:factory". Factories are imported only when chosen.
-BACKENDS = {"hf": "es_repro.hf_backend:build"}
+BACKENDS = {"hf": "es_repro.hf_backend:build", "qes": "es_repro.qes.backend:build"}
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, completion token ids)
 
@@ -83,5 +85,13 @@ def backend_factory(name: str) -> Callable[..., Backend]:
         raise ValueError(f"generation.backend={name!r}: cannot import {spec} ({err})") from None
 
 
+def backend_name(cfg) -> str:
+    """generation.backend, except that es.update=qes (ES on quantized codes) runs the QES backend, the HF engine
+    on a quantized model (es_repro/qes/backend.py)."""
+    if cfg.es.update == "qes" and cfg.generation.backend == "hf":
+        return "qes"
+    return cfg.generation.backend
+
+
 def build_backend(cfg, task: "Task") -> Backend:
-    return backend_factory(cfg.generation.backend)(cfg, task)
+    return backend_factory(backend_name(cfg))(cfg, task)

@@ -55,6 +55,19 @@ class TaskConfig:
 
 
 @dataclass
+class QESConfig:
+    """es.update=qes only: ES on the integer codes of a quantized model (es_repro/qes/)."""
+    gamma: float = 0.9  # residual decay in u = alpha*g + gamma*e_prev; 0 = rounding only (no error feedback)
+    window: int = 50  # K: updates kept for residual=replay
+    residual: str = "replay"  # replay: rebuild e from the last K records each update | full: an fp16 residual per layer
+    coeff_clip: float = 3.0  # pair-difference z-scores clipped to +-coeff_clip
+    norm: str = "code"  # code: g = (1/sigma) sum c d (the released code) | paper: 1/(N sigma) (the paper's Eq. 5)
+    init_residual: str = "zero"  # e0: zero (the paper's text) | uniform: seeded U[-0.5, 0.5] (the release, seeded)
+    bits: int = 4  # 4 | 8: the built-in RTN quantizer's width; a GPTQ checkpoint must hold this width
+    group_size: int = 128  # RTN quantizer's group (input columns per scale/zero); a GPTQ checkpoint brings its own
+
+
+@dataclass
 class ESConfig:
     population: int = 30  # N, members per generation
     sigma: float = 1e-3  # perturbation scale (paper: 0.001)
@@ -71,6 +84,7 @@ class ESConfig:
     prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
     lowrank: int = 0  # 0: full-rank noise (the paper) | r > 0: opt-in population-batched rank-r perturbations (es_repro/lowrank.py)
     members_per_forward: int = 8  # lowrank only: members that share one batched generate call
+    qes: QESConfig = field(default_factory=QESConfig)  # es.update=qes settings (sigma, alpha in code units)
 
 
 @dataclass
@@ -243,10 +257,40 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("checkpoint_every", cfg.checkpoint_every)
     _positive("keep_checkpoints", cfg.keep_checkpoints)
     _one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    _validate_qes(cfg)
     _validate_baseline(cfg)
     if cfg.probe is not None:
         _validate_probe(cfg.probe)
     return cfg
+
+
+def _validate_qes(cfg: RunConfig) -> None:
+    from es_repro.qes import BITS, INIT_RESIDUALS, NORMS, RESIDUAL_MODES  # import-light constants
+
+    es, q = cfg.es, cfg.es.qes
+    if es.update != "qes":
+        if cfg.generation.backend == "qes":
+            raise ConfigError(f"generation.backend=qes needs es.update=qes (it moves integer codes); es.update={es.update!r}")
+        return
+    if cfg.generation.backend not in ("hf", "qes"):
+        raise ConfigError(f"es.update=qes runs on generation.backend=hf or qes (the QES backend), not {cfg.generation.backend!r}")
+    if es.population % 2:
+        raise ConfigError(f"es.population={es.population} must be even when es.update=qes (mirrored pairs)")
+    if es.lowrank:
+        raise ConfigError(f"es.lowrank={es.lowrank} cannot be combined with es.update=qes (integer codes are perturbed in full)")
+    if es.decay:
+        raise ConfigError(f"es.decay={es.decay} is not used by es.update=qes; set es.decay=0")
+    if es.fitness != "zscore":
+        raise ConfigError(f"es.fitness={es.fitness!r} is not used by es.update=qes (pair-difference z-scores); set es.fitness=zscore")
+    if not 0.0 <= q.gamma <= 1.0:
+        raise ConfigError(f"es.qes.gamma={q.gamma} is not allowed; it must be in [0, 1]")
+    _positive("es.qes.window", q.window)
+    _one_of("es.qes.residual", q.residual, RESIDUAL_MODES)
+    _positive("es.qes.coeff_clip", q.coeff_clip)
+    _one_of("es.qes.norm", q.norm, NORMS)
+    _one_of("es.qes.init_residual", q.init_residual, INIT_RESIDUALS)
+    _one_of("es.qes.bits", q.bits, BITS)
+    _positive("es.qes.group_size", q.group_size)
 
 
 def _validate_baseline(cfg: RunConfig) -> None:

@@ -8,6 +8,8 @@ ask:  the member seeds of a generation, derived from (run seed, generation) alon
 tell: rewards -> one update coefficient per member. The weights then move by
       theta <- theta + sum_n coeff_n * eps_n, with coeff_n = alpha / N * sign_n * shaped_n.
 Fitness is MAXIMISED: a member with a higher reward pulls the weights toward its noise.
+A Strategy bundles ask, tell and the merge into the update the backend applies (and the log records): the
+default is the functions here; es.update=qes uses MirroredPairs (pair-difference z-scores, QES).
 """
 from __future__ import annotations
 
@@ -87,6 +89,56 @@ def merge_by_seed(members: list[Member], coeffs: list[float]) -> list[tuple[int,
     for m, c in zip(members, coeffs):
         merged[m.seed] = merged.get(m.seed, 0.0) + c
     return list(merged.items())
+
+
+def pair_coefficients(members: list[Member], rewards: list[float], clip: float) -> list[float]:
+    """QES's coefficients: per mirrored pair, diff = r(+s) - r(-s); z-score the diffs over pairs (population std
+    + 1e-8); c = clip(z, -clip, clip); member +s gets c and member -s gets -c."""
+    if len(members) != len(rewards):
+        raise ValueError(f"{len(rewards)} rewards for {len(members)} members")
+    plus, minus = members[0::2], members[1::2]
+    if len(plus) != len(minus) or any(a.seed != b.seed or (a.sign, b.sign) != (1, -1) for a, b in zip(plus, minus)):
+        raise ValueError("pair coefficients need mirrored members (+s, -s) adjacent, as ask(antithetic=True) draws them")
+    r = np.asarray(rewards, dtype=np.float64)
+    c = np.clip(zscore(r[0::2] - r[1::2]), -clip, clip)
+    return [float(v) for ci in c for v in (ci, -ci)]
+
+
+class Strategy:
+    """How a generation's members are drawn and how their rewards become the update (default: ask, tell and
+    merge_by_seed above, exactly as the paper's ES)."""
+
+    def __init__(self, es_cfg, run_seed: int):
+        self.cfg, self.run_seed = es_cfg, run_seed
+
+    def ask(self, generation: int) -> list[Member]:
+        c = self.cfg
+        return ask(self.run_seed, generation, c.population, c.antithetic, c.seed_stream)
+
+    def tell(self, members: list[Member], rewards: list[float]) -> list[float]:
+        return tell(members, rewards, self.cfg.alpha, self.cfg.fitness)
+
+    def merge(self, members: list[Member], coeffs: list[float]) -> list[tuple[int, float]]:
+        """The (seed, coefficient) list handed to Backend.apply_update and logged as the generation's update."""
+        return merge_by_seed(members, coeffs)
+
+
+class MirroredPairs(Strategy):
+    """es.update=qes: mirrored pairs always; coefficients are clipped pair-difference z-scores (no alpha: the QES
+    update applies alpha itself); the update holds one (seed, c) per pair, c being member +s's coefficient."""
+
+    def ask(self, generation: int) -> list[Member]:
+        return ask(self.run_seed, generation, self.cfg.population, True, self.cfg.seed_stream)
+
+    def tell(self, members: list[Member], rewards: list[float]) -> list[float]:
+        return pair_coefficients(members, rewards, self.cfg.qes.coeff_clip)
+
+    def merge(self, members: list[Member], coeffs: list[float]) -> list[tuple[int, float]]:
+        return [(m.seed, c) for m, c in zip(members, coeffs) if m.sign > 0]
+
+
+def build_strategy(es_cfg, run_seed: int) -> Strategy:
+    return MirroredPairs(es_cfg, run_seed) if es_cfg.update == "qes" else Strategy(es_cfg, run_seed)
 
 
 def prompt_subset(run_seed: int, generation: int, n_rows: int, k: int) -> list[int]:

@@ -20,11 +20,13 @@ def finished_summary(log: RunLog) -> dict | None:
     return log.info().get("summary", {})
 
 
-def start(cfg, log: RunLog, kind: str, task_info: dict | None = None) -> None:
-    """run.json (status running, config, commit, host, what the task reports about itself, e.g. the reward
-    sandbox's isolation) and the wandb mirror when enabled."""
+def start(cfg, log: RunLog, kind: str, task_info: dict | None = None, backend_info: dict | None = None) -> None:
+    """run.json (status running, config, commit, host; what the task reports about itself, e.g. the reward
+    sandbox's isolation, under "task_info"; what the backend reports, e.g. its forward path, under "backend") and
+    the wandb mirror when enabled."""
     config = asdict(cfg)
-    log.start(config, kind=kind, task_info=task_info)
+    extra = {k: v for k, v in (("task_info", task_info), ("backend", backend_info)) if v}
+    log.start(config, kind=kind, **extra)
     log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                            f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)
 

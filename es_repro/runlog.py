@@ -57,11 +57,10 @@ class RunLog:
         path = self.dir / RUN_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def start(self, config: dict, kind: str, task_info: dict | None = None) -> None:
+    def start(self, config: dict, kind: str, **extra: Any) -> None:
         info = self.info()
-        info.update(config=config, kind=kind, git_commit=git_commit(), host=socket.gethostname(), status="running")
-        if task_info:
-            info["task_info"] = task_info
+        info.update(config=config, kind=kind, git_commit=git_commit(), host=socket.gethostname(), status="running",
+                    **extra)
         info.setdefault("started_at", time.time())
         info["launches"] = info.get("launches", 0) + 1
         write_json_atomic(self.dir / RUN_FILE, info)

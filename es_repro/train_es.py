@@ -1,6 +1,8 @@
 """The ES generation loop, top to bottom: ask -> fitness of each member (the backend perturbs, generates, scores
-and restores) -> tell -> update -> log -> checkpoint -> evaluate. Resumes from the newest checkpoint plus the log
-lines after it. Everything model-specific sits behind the Backend (es_repro/backend.py).
+and restores) -> tell -> update -> log -> checkpoint -> evaluate. ask/tell/merge come from a Strategy
+(es.build_strategy: the paper's by default, mirrored pair coefficients for es.update=qes). Resumes from the
+newest checkpoint plus the log lines after it. Everything model-specific sits behind the Backend
+(es_repro/backend.py).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
                              str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
         state = resume(log.dir, backend, log)
         if is_main:
-            lifecycle.start(cfg, log, kind="es", task_info=task.info)
+            describe = getattr(backend, "describe", None)  # e.g. the QES backend's forward path
+            lifecycle.start(cfg, log, kind="es", task_info=task.info, backend_info=describe() if describe else None)
         return _generations(cfg, log, task, backend, state, is_main, bars)
 
 
@@ -61,10 +64,11 @@ def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_mai
         evaluator.run(0, 0, unit="generation")
 
     G, N = cfg.es.generations, cfg.es.population
+    strategy = es.build_strategy(cfg.es, cfg.seed)  # how members are drawn and rewards become the update
     bar = tqdm(total=G, initial=state["generation"], desc="ES generations", disable=not bars, dynamic_ncols=True)
     for g in range(state["generation"], G):
         timer, t0, tokens0 = Timer(), time.perf_counter(), backend.generated_tokens
-        members = es.ask(cfg.seed, g, N, cfg.es.antithetic, cfg.es.seed_stream)
+        members = strategy.ask(g)
         row_ids = es.prompt_subset(cfg.seed, g, len(task.train_rows), cfg.es.prompts_per_generation)
         rows = [task.train_rows[i] for i in row_ids]
         # This process scores members[rank::world]; every process then holds all N rewards in member order.
@@ -73,8 +77,8 @@ def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_mai
         rewards = distributed.gather_sharded(local, N)
         if not np.isfinite(rewards).all():  # a NaN would z-score every coefficient to NaN and poison the weights
             raise RuntimeError(f"generation {g + 1}: non-finite member rewards {rewards}; the weights were not updated")
-        coeffs = es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness)
-        update = es.merge_by_seed(members, coeffs)
+        coeffs = strategy.tell(members, rewards)
+        update = strategy.merge(members, coeffs)
         with timer("update"):
             backend.apply_update(update)
         state = {"generation": g + 1, "samples": state["samples"] + N * len(rows)}
@@ -89,6 +93,7 @@ def _generations(cfg: RunConfig, log: RunLog, task, backend, state: dict, is_mai
             "seeds": [m.seed for m in members], "signs": [m.sign for m in members], "rewards": rewards, "coeffs": coeffs,
             "update": update, "prompts": len(rows) if cfg.es.prompts_per_generation == 0 else row_ids,
             "tokens": tokens, "processes": distributed.world_size(), "time_total": total,
+            **(backend.update_stats() if hasattr(backend, "update_stats") else {}),
             **{f"time_{k}": v for k, v in timer.totals.items()}, "wall": time.time(),
         })
         bar.set_postfix(reward=f"{r.mean():.4f}", max=f"{r.max():.4f}", std=f"{r.std():.4f}")

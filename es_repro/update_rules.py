@@ -4,13 +4,15 @@ The ES estimate for tensor i is delta_i = sum_k coeff_k * eps_k (built by the we
 coefficients). A rule turns it into the actual move, and may keep state (checkpointed and rebuilt by replay):
 - ``sgd`` (the paper): theta += delta; then, with es.decay > 0, theta -= decay * (theta - theta_base).
 - ``momentum``: v = beta * v + delta; theta += v (then the same optional decay). State: v per tensor.
+- ``qes``: not a float rule: ES on the integer codes of a quantized model, with error feedback
+  (es_repro/qes/weights.py); it selects the QES backend and mirrored pair coefficients (es_repro/es.py).
 Rules see tensors only, never seeds, so every weights class (full-rank, low-rank, ...) shares them.
 """
 from __future__ import annotations
 
 import torch
 
-UPDATE_RULES = ("sgd", "momentum")
+UPDATE_RULES = ("sgd", "momentum", "qes")  # qes: ES on quantized codes, its update lives in es_repro/qes/
 
 
 class SGD:
@@ -71,4 +73,7 @@ def build_update_rule(es_cfg) -> SGD:
         return SGD(es_cfg.decay)
     if es_cfg.update == "momentum":
         return Momentum(es_cfg.momentum, es_cfg.decay)
+    if es_cfg.update == "qes":
+        raise ValueError("es.update=qes moves integer codes, not float weights: it runs on the QES backend "
+                         "(es_repro/qes/backend.py), not through a float update rule")
     raise ValueError(f"es.update={es_cfg.update!r} is not one of {UPDATE_RULES}")

@@ -59,7 +59,8 @@ def wait_for_train_lines(root: Path, n: int, proc: subprocess.Popen, limit_s: fl
 
 # 1, 2, 8: two launches, SIGTERM, relaunch; output piped to a file -------------------------------------------
 def test_second_launch_refused_sigterm_recorded_relaunch_resumes(tmp_path):
-    extra = ["es.generations=30", "checkpoint_every=3", "eval.kl_samples=0", "task.train_size=2"]  # overrides TINY's 4
+    # long enough (150 generations) that the first launch is still running when the second one starts
+    extra = ["es.generations=150", "checkpoint_every=10", "eval.kl_samples=0", "task.train_size=2"]  # overrides TINY's 4
     first = subprocess.Popen(cli(tmp_path, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, text=True)
     run_dir = wait_for_train_lines(tmp_path, 4, first)
 
@@ -74,14 +75,14 @@ def test_second_launch_refused_sigterm_recorded_relaunch_resumes(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == "SIGTERM" and info["reached_step"] >= 4
     assert "\r" not in out and "\x1b[" not in out  # piped: plain lines, no progress-bar redraws
-    assert "[train] generation 1/30" in out
+    assert "[train] generation 1/150" in out
 
     third = subprocess.run(cli(tmp_path, extra), capture_output=True, text=True, cwd=REPO, timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"resuming {run_dir} at generation" in third.stdout and "generations replayed from the log" in third.stdout
     log = RunLog(run_dir)
     assert log.info()["status"] == "finished" and log.info()["launches"] == 2
-    assert [r["generation"] for r in log.records("train")] == list(range(1, 31))
+    assert [r["generation"] for r in log.records("train")] == list(range(1, 151))
 
 
 def test_a_dead_holders_lock_is_taken_over(tmp_path):

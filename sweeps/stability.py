@@ -36,7 +36,7 @@ def cpu(methods: list[str]) -> list[Grid]:
     model, seeds = "model=smollm2-135m", "seed=0,1,2,3"
     grids = []
     if "es" in methods:
-        grids.append(Grid("ES", ["experiment=quickstart", model, f"es.sigma={floats(0.001)}",
+        grids.append(Grid("ES", ["experiment=quickstart", model, *QUICKSTART_SCALE, f"es.sigma={floats(0.001)}",
                                  f"es.alpha={floats(0.0005)}", seeds]))
     if "grpo" in methods:
         grids.append(Grid("GRPO", ["experiment=rl_grid_conciseness", model, *QUICKSTART_SCALE,

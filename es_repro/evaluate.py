@@ -95,7 +95,7 @@ class Evaluator:
         metrics = result.metrics()
         if step == 0:
             metrics["eval_kl"] = 0.0  # the base model against itself
-        where = {"step": step, unit: step} if unit != "step" else {"step": step}
+        where = {"step": step, unit: step}
         record = {"kind": "eval", **where, "samples": samples, **metrics}
         self.log.append(record)
         for s in result.samples:

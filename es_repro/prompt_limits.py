@@ -12,8 +12,11 @@ from es_repro.errors import DataError
 CHARS_PER_TOKEN_BOUND = 64
 
 
-def check_prompt_lengths(task, backend, limit: int, source: str) -> None:
-    """Raise DataError naming ``source`` (the data file, or the generated task), the split and the row index."""
+def check_prompt_lengths(task, backend, cfg) -> None:
+    """Every prompt fits cfg.task.max_prompt_tokens; else a DataError naming the data file (or the generated task),
+    the split and the row index."""
+    limit = cfg.task.max_prompt_tokens
+    source = str(cfg.task.options.get("data_path") or f"task {cfg.task.name}")
     for split, rows in (("train", task.train_rows), ("eval", task.eval_rows)):
         texts = backend.prompts(rows)
         for i, text in enumerate(texts):

@@ -34,8 +34,7 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
     with lifecycle.managed(log, writer=is_main):
         task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
         backend = build_backend(cfg, task)
-        check_prompt_lengths(task, backend, cfg.task.max_prompt_tokens,
-                             str(cfg.task.options.get("data_path") or f"task {cfg.task.name}"))
+        check_prompt_lengths(task, backend, cfg)
         state = resume(log.dir, backend, log)
         if is_main:
             describe = getattr(backend, "describe", None)  # e.g. the QES backend's forward path

@@ -92,6 +92,10 @@ class GenerationConfig:
     backend: str = "hf"  # engine (es_repro/backend.py BACKENDS), or a factory given as package.module:function
     batch_size: int = 32  # prompts per generate() call
     sort_by_length: bool = True  # batch prompts of similar length together (less padding, same outputs)
+    # Greedy decoding's repetition penalty. null = the model's own generation_config value (1.0 when it sets none):
+    # what the release's generate(do_sample=False) did (Qwen2.5-Instruct: 1.05). Logged in run.json; every
+    # engine applies the same value. KL samples are drawn without it (the k3 estimate needs the model's own law).
+    repetition_penalty: Optional[float] = None
 
 
 @dataclass
@@ -248,6 +252,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.es.lowrank and cfg.es.noise != "iid":
         raise ConfigError(f"es.noise={cfg.es.noise} cannot be combined with es.lowrank={cfg.es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")
     _positive("generation.batch_size", cfg.generation.batch_size)
+    if cfg.generation.repetition_penalty is not None:
+        _positive("generation.repetition_penalty", cfg.generation.repetition_penalty)
     if cfg.generation.backend not in BACKENDS and ":" not in cfg.generation.backend:
         raise ConfigError(f"generation.backend={cfg.generation.backend!r} is not allowed; choose one of: "
                           f"{', '.join(BACKENDS)} (or a factory as package.module:function)")

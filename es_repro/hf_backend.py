@@ -51,6 +51,10 @@ class HFBackend:
         self.model, self.tokenizer, self.generator, self.weights = model, tokenizer, generator, weights
         self._reference_loader, self._reference = reference, None
 
+    def describe(self) -> dict:
+        """Generation settings that change greedy outputs, for run.json."""
+        return {"name": self.name, "repetition_penalty": self.generator.repetition_penalty}
+
     # generation ---------------------------------------------------------------------------------------------
     @property
     def generated_tokens(self) -> int:
@@ -177,7 +181,8 @@ class HFLowRankBackend(HFBackend):
 def make_generator(cfg, task: Task, model, tokenizer) -> HFGenerator:
     return HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens,
                        stop_strings=task.stop_strings, batch_size=cfg.generation.batch_size,
-                       sort_by_length=cfg.generation.sort_by_length)
+                       sort_by_length=cfg.generation.sort_by_length,
+                       repetition_penalty=cfg.generation.repetition_penalty)
 
 
 def make_weights(model, es_cfg) -> ESWeights:

@@ -24,6 +24,12 @@ def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: s
     return text + row.get("assistant_prefix", "")
 
 
+def model_repetition_penalty(model: PreTrainedModel) -> float:
+    """The penalty HF generate applies by default: the model's generation_config value, else 1.0 (none)."""
+    value = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+    return float(value) if value is not None else 1.0
+
+
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """Keep text up to and including the earliest stop string."""
     ends = [text.find(s) + len(s) for s in stop_strings if s in text]
@@ -34,8 +40,10 @@ class HFGenerator:
     """Batched generation with HF transformers: left padding, stop strings, length-sorted batches."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, prompt_format: str,
-                 max_new_tokens: int, stop_strings: Sequence[str] = (), batch_size: int = 32, sort_by_length: bool = True):
+                 max_new_tokens: int, stop_strings: Sequence[str] = (), batch_size: int = 32, sort_by_length: bool = True,
+                 repetition_penalty: float | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.repetition_penalty = model_repetition_penalty(model) if repetition_penalty is None else repetition_penalty
         self.prompt_format = prompt_format
         self.max_new_tokens = max_new_tokens
         self.stop_strings = tuple(stop_strings)
@@ -72,10 +80,11 @@ class HFGenerator:
         """Prompt ids (unpadded) and completion ids (up to and including EOS, no padding) of one batch."""
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         kwargs = dict(max_new_tokens=max_new_tokens or self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-        if sample:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        if sample:  # the model's own distribution (KL's k3 estimate needs it): no penalty
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0)
         else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                          repetition_penalty=self.repetition_penalty)
         if self.stop_strings:
             kwargs.update(stop_strings=list(self.stop_strings), tokenizer=self.tokenizer)
         width = enc["input_ids"].shape[1]

@@ -56,7 +56,8 @@ def resumed_samples(log: RunLog, step: int, per_step: float) -> int:
 def start(cfg: RunConfig, log: RunLog, run_dir: Path, evaluator: "Evaluator", plan, step0: int) -> None:
     """run.json (status running) and wandb; say what will run; evaluate the base model on a fresh start."""
     check_prompt_lengths(evaluator.task, evaluator.backend, cfg)
-    lifecycle.start(cfg, log, kind=cfg.baseline.method, task_info=evaluator.task.info)
+    lifecycle.start(cfg, log, kind=cfg.baseline.method, task_info=evaluator.task.info,
+                    backend_info={"evaluation": evaluator.backend.describe()})
     print(f"[es-repro] {cfg.baseline.method.upper()}: {plan.budget} samples = {plan.steps} steps x "
           f"{plan.per_step:g} completions" + (f", resuming at step {step0}" if step0 else ""))
     if step0 == 0 and evaluator.every and evaluator.last_step is None:

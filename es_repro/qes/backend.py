@@ -37,7 +37,7 @@ class QESBackend(HFBackend):
     def describe(self) -> dict:
         """What ran, for run.json: the forward path and the quantized model's origin."""
         w = self.qweights
-        return {"name": self.name, "quantization": self.source, "quantized_layers": len(w.names),
+        return {**super().describe(), "quantization": self.source, "quantized_layers": len(w.names),
                 "quantized_params": sum(q.codes.numel() for q in w.quantized),
                 "forward_path": f"dequantized: each block linear runs torch's dense matmul on scale * (code - zero) "
                                 f"in {self.source.get('dtype')}, re-de-quantized per layer, only for layers whose codes "

@@ -15,9 +15,20 @@ Modes (each on a freshly loaded model, same seeds, one generation each):
            strings, prompts in their given order, all in one batch. Run it @bfloat16: the release's default.
 - default: es-repro's path: noise drawn once to perturb, restore by copy from the fp32 master, fp32 update;
            stop strings, length-sorted batches of generation.batch_size.
+- compiled: default with a static KV cache and a compiled decode step (generation.cache=static,
+           generation.compile=on; CUDA graphs on GPU).
 - lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
 "effective tok/s" = generated tokens / whole generation time (all phases), the number the goals refer to.
 Runs on CPU here and on CUDA when one is visible (--device).
+
+The GPU setting of issue 12 (a random model with Qwen2.5-1.5B's shape, 200 prompts cut to Countdown's length,
+1024 generated tokens forced):
+    python -m es_repro.bench --model qwen2.5-1.5b-random --device cuda --dtype bfloat16 --population 30 \
+        --prompts 200 --prompt-tokens 140 --max-new-tokens 1024 --force-tokens --batch-size 200 --timed-members 1 \
+        --modes default,compiled
+"limit_s" is the hardware limit of the generation actually run (es_repro/roofline.py: per forward pass the larger
+of bytes moved / bandwidth and FLOPs / peak FLOP/s); "of_limit" = limit_s / generate_s. The GPU's numbers are
+detected from its name (roofline.GPUS) or given with --mem-bandwidth-gbs and --peak-tflops (needed on CPU).
 """
 from __future__ import annotations
 
@@ -28,7 +39,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from es_repro import es
+from es_repro import es, roofline
 from es_repro.config import to_run_config
 from es_repro.hf_backend import HFBackend, HFLowRankBackend, make_generator
 from es_repro.hf_generation import HFGenerator
@@ -40,7 +51,7 @@ from es_repro.timing import Timer
 from es_repro.weights import ESWeights
 
 
-MODES = ("paper", "default", "lowrank")
+MODES = ("paper", "default", "compiled", "lowrank")
 
 
 def peak_rss_gib() -> float:
@@ -58,11 +69,13 @@ def update_of(backend: HFBackend, cfg, members: list, rewards: list[float]) -> l
     return es.merge_by_seed(members, es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness))
 
 
-def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_members: int = 0) -> dict:
+def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_members: int = 0,
+                     limits: tuple[float, float] | None = None) -> dict:
     """One full ES generation (members, then the update over all N), timed per phase. timed_members=K>0: only the
-    first K members are evaluated and their phase times and tokens are scaled by N/K."""
+    first K members are evaluated and their phase times and tokens are scaled by N/K. limits=(bytes/s, FLOP/s):
+    also the hardware limit of the generate calls made (limit_s) and generate_s's fraction of it (of_limit)."""
     timer = Timer()
-    tokens0 = backend.generated_tokens
+    tokens0, calls0 = backend.generated_tokens, len(backend.generator.calls)
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
     evaluated = members[:timed_members] if timed_members else members
     rows = task.train_rows
@@ -78,6 +91,13 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
     out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
                gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
                reward_std=float(np.std(rewards)), timed_members=len(evaluated))
+    if limits is not None:
+        shape = roofline.shape_of(backend.model)
+        nbytes = next(backend.model.parameters()).element_size()
+        limit = sum(roofline.generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=nbytes,
+                                                bandwidth=limits[0], peak_flops=limits[1])
+                    for b, w, t in backend.generator.calls[calls0:])
+        out.update(limit_s=limit * scale, of_limit=limit * scale / out["generate_s"])
     return out
 
 
@@ -89,8 +109,19 @@ def parse_mode(spec: str, default_dtype: str) -> tuple[str, str]:
     return mode, dtype or default_dtype
 
 
-def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1) -> HFBackend:
-    """The backend of one benchmark mode, from a fresh load in ``dtype``."""
+def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1, force_tokens: bool = False) -> HFBackend:
+    """The backend of one benchmark mode, from a fresh load in ``dtype``. force_tokens: every sequence runs the full
+    max_new_tokens (no EOS, no stop strings), so modes and machines compare on equal token counts."""
+    backend = _setup(cfg, task, mode, dtype, args_rank)
+    if force_tokens:
+        backend.generator.stop_strings = ()
+        backend.generator.min_new_tokens = cfg.task.max_new_tokens
+    return backend
+
+
+def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
+    if mode == "compiled":
+        cfg = replace(cfg, generation=replace(cfg.generation, cache="static", compile="on"))
     model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
     if mode == "paper":
         weights = PaperLoopWeights(model, "correlated", cfg.es.alpha, cfg.es.population)
@@ -103,6 +134,14 @@ def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1) -> HFBackend:
         return HFLowRankBackend(model, tokenizer, generator, LowRankESWeights(model, rank=args_rank),
                                 members_per_forward=cfg.es.members_per_forward)
     return HFBackend(model, tokenizer, generator, ESWeights(model, cfg.es.noise, cfg.es.noise_dtype))
+
+
+def cut_prompts(task, tokenizer, n_tokens: int):
+    """The task with each training prompt cut to its first n_tokens tokens (a random-weight model's byte tokenizer
+    would otherwise see ~3x Countdown's real prompt length)."""
+    rows = [{**row, "prompt": tokenizer.decode(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][:n_tokens])}
+            for row in task.train_rows]
+    return replace(task, train_rows=rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,8 +164,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="evaluate only this many members and scale their phases by N/K (0 = all N)")
     ap.add_argument("--rank", type=int, default=1, help="lowrank mode: perturbation rank")
     ap.add_argument("--members-per-forward", type=int, default=8, help="lowrank mode: members per batched generate")
+    ap.add_argument("--force-tokens", action="store_true", help="every sequence generates --max-new-tokens tokens")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="cut each prompt to this many tokens (raw prompts)")
+    ap.add_argument("--mem-bandwidth-gbs", type=float, default=None, help="for the limit column (else from the GPU name)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, for the limit column")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     args = ap.parse_args(argv)
+    if args.prompt_tokens and args.prompt_format != "raw":
+        raise SystemExit("--prompt-tokens cuts raw prompts; use it with --prompt-format raw")
     overrides = [f"model={args.model}", f"task={args.task}", f"es.population={args.population}",
                  f"task.train_size={args.prompts}", f"task.max_new_tokens={args.max_new_tokens}",
                  f"generation.batch_size={args.batch_size}", f"model.device={args.device}", f"model.dtype={args.dtype}",
@@ -141,28 +186,42 @@ def main(argv: list[str] | None = None) -> None:
             m == "lowrank" and args.timed_members % cfg.es.members_per_forward for m, _ in specs)):
         raise SystemExit(f"--timed-members={args.timed_members} must be <= N={cfg.es.population} and, with lowrank, "
                          f"a multiple of --members-per-forward={cfg.es.members_per_forward}")
+    cuda = torch.cuda.is_available() and cfg.model.device != "cpu"
+    limits = roofline.device_limits(torch.cuda.get_device_name() if cuda else None, args.mem_bandwidth_gbs,
+                                    args.peak_tflops)
     cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s",
-            "gen_tok_per_s", "overhead"]
+            "gen_tok_per_s", "overhead"] + (["limit_s", "of_limit"] if limits else [])
     print(f"model={cfg.model.name} N={cfg.es.population} prompts={len(task.train_rows)} "
-          f"max_new_tokens={cfg.task.max_new_tokens} threads={torch.get_num_threads()} "
-          f"timed_members={args.timed_members or cfg.es.population}")
-    print("| mode | dtype | " + " | ".join(cols + ["peak_rss_GiB", "reward_mean"]) + " |")
-    print("|---|---|" + "---|" * (len(cols) + 2))
+          f"max_new_tokens={cfg.task.max_new_tokens}{' (forced)' if args.force_tokens else ''} "
+          f"threads={torch.get_num_threads()} timed_members={args.timed_members or cfg.es.population}"
+          + (f" limits: {limits[0] / 1e9:g} GB/s, {limits[1] / 1e12:g} TFLOP/s" if limits else " (no limit column: "
+             "give --mem-bandwidth-gbs and --peak-tflops)"))
+    print("| mode | dtype | " + " | ".join(cols + ["peak_rss_GiB", "peak_cuda_GiB", "reward_mean"]) + " |")
+    print("|---|---|" + "---|" * (len(cols) + 3))
     results = {}
     for mode, dtype in specs:
-        backend = setup(cfg, task, mode, dtype, args.rank)
-        backend.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up: first-call costs are not ES costs
-        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        backend = setup(cfg, task, mode, dtype, args.rank, args.force_tokens)
+        if args.prompt_tokens:
+            task = cut_prompts(task, backend.tokenizer, args.prompt_tokens)
+        # Warm-up: first-call costs are not ES costs. The compiled mode compiles per shape (batch, cache length):
+        # warm it on the very shapes it will run (one run pays this once).
+        if mode == "compiled":
+            backend.generate(task.train_rows)
+        else:
+            backend.generate(task.train_rows[:1], max_new_tokens=2)
+        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
+                                                          limits=limits)
+        cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
         print(f"| {mode} | {dtype} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
-              + f" | {peak_rss_gib():.2f} | {r['reward_mean']:.4f} |", flush=True)
+              + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)
         del backend
     papers = [k for k in results if k.startswith("paper@")]
     for ref in papers:
         for key, r in results.items():
             if not key.startswith("paper@"):
                 print(f"speed-up of {key} over {ref}: {results[ref]['total_s'] / r['total_s']:.2f}x per generation")
-    if torch.cuda.is_available():
-        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

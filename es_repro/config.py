@@ -23,8 +23,9 @@ from es_repro.errors import ConfigError  # noqa: F401  (re-exported: callers cat
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-MODEL_SOURCES = ("hf", "gguf_package", "tiny_random")
+MODEL_SOURCES = ("hf", "gguf_package", "tiny_random", "random_shape")
 PROMPT_FORMATS = ("raw", "chat")
+MASTER_DEVICES = ("auto", "cpu")
 WANDB_MODES = ("disabled", "offline", "online")
 BASELINE_METHODS = ("none", "grpo", "ppo")
 PROBE_REWARDS = ("binary", "shaped")
@@ -35,6 +36,7 @@ PROBE_SPLITS = ("train", "eval", "all")
 class ModelConfig:
     name: str = MISSING  # short label used in run names and tables
     source: str = "hf"  # hf: HF id or local dir | gguf_package: GGUF shipped in a pip package | tiny_random: built in code
+    #                     | random_shape: a paper model's shape with random weights (path: es_repro/model_shapes.py)
     path: str = ""  # source=hf: HF id or local directory; source=gguf_package: the package's import name
     gguf_file: str = ""  # source=gguf_package: file name inside the package
     dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
@@ -75,6 +77,8 @@ class ESConfig:
     generations: int = 500  # T, iterations (paper: 500 for Countdown)
     noise: str = "iid"  # iid: tensor i seeded with seed+i | correlated: the paper's released code (same seed per tensor)
     antithetic: bool = False  # mirrored pairs (+eps, -eps) sharing one seed; population must be even
+    master_device: str = "auto"  # auto: the fp32 master beside the model | cpu: pinned CPU memory (7B/8B on 80 GB)
+    reuse_pair_noise: bool = True  # antithetic: a pair draws its noise once and holds it (one model-size copy)
     fitness: str = "zscore"  # zscore (paper, ddof=0, +1e-8) | centered_rank
     decay: float = 0.0  # pull toward the base weights each generation: theta -= decay * (theta - theta_base)
     update: str = "sgd"  # update rule (es_repro/update_rules.py): sgd (the paper) | momentum
@@ -96,6 +100,8 @@ class GenerationConfig:
     # what the release's generate(do_sample=False) did (Qwen2.5-Instruct: 1.05). Logged in run.json; every
     # engine applies the same value. KL samples are drawn without it (the k3 estimate needs the model's own law).
     repetition_penalty: Optional[float] = None
+    cache: str = "dynamic"  # dynamic | static: a preallocated KV cache (on CUDA: compiled decode with CUDA graphs)
+    compile: str = "auto"  # auto: compile with a static cache on CUDA (transformers' rule) | on: on CPU too | off
 
 
 @dataclass
@@ -107,6 +113,7 @@ class EvalConfig:
     kl_temperature: float = 1.0  # sampling temperature for the KL samples (1.0 gives the unbiased k3 estimate)
     kl_max_new_tokens: int = 0  # 0 = the task's max_new_tokens
     samples_to_log: int = 4  # completions written to samples.jsonl per evaluation
+    keep_base_model: bool = True  # false: load the base model for each KL evaluation and free it (7B/8B on 80 GB)
 
 
 @dataclass
@@ -224,6 +231,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _one_of("model.device", cfg.model.device, DEVICES)
     if cfg.model.source in ("hf", "gguf_package") and not cfg.model.path:
         raise ConfigError(f"model.path is empty; model.source={cfg.model.source} needs an HF id, a local directory or a package name")
+    if cfg.model.source == "random_shape":
+        from es_repro.model_shapes import SHAPES
+
+        _one_of("model.path", cfg.model.path, tuple(SHAPES))
     _one_of("task.name", cfg.task.name, tuple(sorted(TASKS)))
     _one_of("task.prompt_format", cfg.task.prompt_format, PROMPT_FORMATS)
     _positive("task.train_size", cfg.task.train_size)
@@ -243,6 +254,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0.0 <= cfg.es.momentum < 1.0:
         raise ConfigError(f"es.momentum={cfg.es.momentum} is not allowed; it must be in [0, 1)")
     _one_of("es.noise_dtype", cfg.es.noise_dtype, NOISE_DTYPES)
+    _one_of("es.master_device", cfg.es.master_device, MASTER_DEVICES)
     _one_of("es.seed_stream", cfg.es.seed_stream, SEED_STREAMS)
     if not 0.0 <= cfg.es.decay < 1.0:
         raise ConfigError(f"es.decay={cfg.es.decay} is not allowed; it must be in [0, 1)")
@@ -252,6 +264,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.es.lowrank and cfg.es.noise != "iid":
         raise ConfigError(f"es.noise={cfg.es.noise} cannot be combined with es.lowrank={cfg.es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")
     _positive("generation.batch_size", cfg.generation.batch_size)
+    from es_repro.hf_generation import CACHES, COMPILE_MODES
+
+    _one_of("generation.cache", cfg.generation.cache, CACHES)
+    _one_of("generation.compile", cfg.generation.compile, COMPILE_MODES)
     if cfg.generation.repetition_penalty is not None:
         _positive("generation.repetition_penalty", cfg.generation.repetition_penalty)
     if cfg.generation.backend not in BACKENDS and ":" not in cfg.generation.backend:

@@ -45,6 +45,8 @@ def inference_mode(model: torch.nn.Module):
 
 class HFBackend:
     name = "hf"
+    keep_reference = True  # eval.keep_base_model
+    reuse_pair_noise = True  # es.reuse_pair_noise: a mirrored pair draws its noise once (ESWeights.perturb)
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, generator: HFGenerator,
                  weights: ESWeights | None = None, reference: Callable[[], PreTrainedModel] | None = None):
@@ -53,7 +55,8 @@ class HFBackend:
 
     def describe(self) -> dict:
         """Generation settings that change greedy outputs, for run.json."""
-        return {"name": self.name, "repetition_penalty": self.generator.repetition_penalty}
+        g = self.generator
+        return {"name": self.name, "repetition_penalty": g.repetition_penalty, "cache": g.cache, "compile": g.compile}
 
     # generation ---------------------------------------------------------------------------------------------
     @property
@@ -80,11 +83,18 @@ class HFBackend:
 
     def token_logprobs(self, pairs, *, reference: bool = False) -> list[torch.Tensor]:
         model = self.reference_model() if reference else self.model
-        with inference_mode(model):
-            return [token_logprobs(model, p, c) for p, c in pairs]
+        try:
+            with inference_mode(model):
+                return [token_logprobs(model, p, c) for p, c in pairs]
+        finally:
+            if reference and not self.keep_reference:
+                self._reference = model = None  # eval.keep_base_model=false: its memory is back for generation
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def reference_model(self) -> PreTrainedModel:
-        """The base model for KL, loaded on first use (an evaluation at generation > 0) and kept."""
+        """The base model for KL, loaded on first use (an evaluation at generation > 0) and kept, unless
+        keep_reference is off (then loaded for each evaluation's KL and freed after it)."""
         if self._reference is None:
             if self._reference_loader is None:
                 raise RuntimeError("this backend has no reference (base) model for KL")
@@ -101,9 +111,13 @@ class HFBackend:
                            progress: str = "") -> list[list[str]]:
         weights = self._es_weights()
         out = []
-        for member in tqdm(members, desc=progress, leave=False, disable=not progress):
+        for k, member in enumerate(tqdm(members, desc=progress, leave=False, disable=not progress)):
+            mirrored_next = self.reuse_pair_noise and k + 1 < len(members) and members[k + 1].seed == member.seed
             with timer("perturb"):
-                weights.perturb(member.seed, member.sign * sigma)
+                if mirrored_next:
+                    weights.perturb(member.seed, member.sign * sigma, keep_noise=True)
+                else:
+                    weights.perturb(member.seed, member.sign * sigma)
             try:
                 with timer("generate"):
                     out.append(self.generator.generate(rows))
@@ -182,7 +196,8 @@ def make_generator(cfg, task: Task, model, tokenizer) -> HFGenerator:
     return HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens,
                        stop_strings=task.stop_strings, batch_size=cfg.generation.batch_size,
                        sort_by_length=cfg.generation.sort_by_length,
-                       repetition_penalty=cfg.generation.repetition_penalty)
+                       repetition_penalty=cfg.generation.repetition_penalty, cache=cfg.generation.cache,
+                       compile=cfg.generation.compile)
 
 
 def make_weights(model, es_cfg) -> ESWeights:
@@ -190,7 +205,7 @@ def make_weights(model, es_cfg) -> ESWeights:
     rule = build_update_rule(es_cfg)
     if es_cfg.lowrank:
         return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule)
-    return ESWeights(model, es_cfg.noise, es_cfg.noise_dtype, rule)
+    return ESWeights(model, es_cfg.noise, es_cfg.noise_dtype, rule, master_device=es_cfg.master_device)
 
 
 def build(cfg, task: Task) -> HFBackend:
@@ -201,8 +216,12 @@ def build(cfg, task: Task) -> HFBackend:
     args = (model, tokenizer, make_generator(cfg, task, model, tokenizer), make_weights(model, cfg.es))
     reference = lambda: load_model(cfg.model)[0]  # noqa: E731
     if cfg.es.lowrank:
-        return HFLowRankBackend(*args, reference=reference, members_per_forward=cfg.es.members_per_forward)
-    return HFBackend(*args, reference=reference)
+        backend = HFLowRankBackend(*args, reference=reference, members_per_forward=cfg.es.members_per_forward)
+    else:
+        backend = HFBackend(*args, reference=reference)
+        backend.reuse_pair_noise = cfg.es.reuse_pair_noise
+    backend.keep_reference = cfg.eval.keep_base_model
+    return backend
 
 
 def for_model(cfg, task: Task, model, tokenizer, reference: Callable[[], PreTrainedModel]) -> HFBackend:

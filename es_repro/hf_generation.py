@@ -9,7 +9,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import CompileConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+CACHES = ("dynamic", "static")
+COMPILE_MODES = ("auto", "on", "off")
 
 from es_repro.tasks.base import Row
 
@@ -41,8 +44,13 @@ class HFGenerator:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, prompt_format: str,
                  max_new_tokens: int, stop_strings: Sequence[str] = (), batch_size: int = 32, sort_by_length: bool = True,
-                 repetition_penalty: float | None = None):
+                 repetition_penalty: float | None = None, cache: str = "dynamic", compile: str = "auto"):
+        if cache not in CACHES or compile not in COMPILE_MODES:
+            raise ValueError(f"cache={cache!r} / compile={compile!r}: allowed {CACHES} / {COMPILE_MODES}")
         self.model, self.tokenizer = model, tokenizer
+        self.cache, self.compile = cache, compile
+        self.min_new_tokens = 0  # the benchmark forces full-length generations with it
+        self.calls: list[tuple[int, int, int]] = []  # (batch, padded prompt width, decode steps) per generate call
         self.repetition_penalty = model_repetition_penalty(model) if repetition_penalty is None else repetition_penalty
         self.prompt_format = prompt_format
         self.max_new_tokens = max_new_tokens
@@ -87,12 +95,33 @@ class HFGenerator:
                           repetition_penalty=self.repetition_penalty)
         if self.stop_strings:
             kwargs.update(stop_strings=list(self.stop_strings), tokenizer=self.tokenizer)
+        if self.min_new_tokens:
+            kwargs.update(min_new_tokens=min(self.min_new_tokens, kwargs["max_new_tokens"]))
+        kwargs.update(self._cache_kwargs())
         width = enc["input_ids"].shape[1]
         out = self.model.generate(**enc, **kwargs)
+        self.calls.append((len(texts), width, out.shape[1] - width))
         prompts = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
         completions = [_trim(row[width:].tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) for row in out]
         self.generated_tokens += sum(map(len, completions))
         return prompts, completions
+
+    def _cache_kwargs(self) -> dict:
+        """generation.cache=static: a preallocated KV cache, so every decode step has the same shapes; transformers
+        then compiles the decode step (CUDA graphs on GPU: mode reduce-overhead). Weights are only ever changed in
+        place (perturb/restore/update), so the captured graphs keep reading the current weights.
+        generation.compile: auto = transformers' rule (compile with a static cache on CUDA only), on = on CPU too,
+        off = never."""
+        kwargs: dict = {}
+        if self.cache == "static":
+            kwargs["cache_implementation"] = "static"
+        if self.compile == "off":
+            kwargs["disable_compile"] = True
+        elif self.compile == "on":
+            config = CompileConfig()
+            config._compile_all_devices = True  # transformers' own switch for compiling off-GPU
+            kwargs["compile_config"] = config
+        return kwargs
 
     def generate_ids(self, rows: Sequence[Row], *, temperature: float, max_new_tokens: int | None = None
                      ) -> list[tuple[list[int], list[int]]]:

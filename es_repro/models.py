@@ -132,6 +132,10 @@ def load_model(cfg: ModelConfig, training: bool = False) -> tuple[PreTrainedMode
 
         model, tokenizer = build_tiny_model(seed=cfg.seed)
         model = model.to(dtype)
+    elif cfg.source == "random_shape":
+        from es_repro.model_shapes import build_random_shape
+
+        model, tokenizer = build_random_shape(cfg.path, dtype=dtype, device=device, seed=cfg.seed)
     else:
         path = gguf_checkpoint(cfg.path, cfg.gguf_file) if cfg.source == "gguf_package" else cfg.path
         try:

@@ -17,6 +17,17 @@ from es_repro.noise import tensor_noise
 from es_repro.update_rules import SGD
 
 
+def _master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
+    """The fp32 master of one parameter: beside it (auto), or in pinned CPU memory (cpu: a 7B/8B model's 28-32 GB
+    master does not fit beside the model, the base model and the KV cache on an 80 GB GPU)."""
+    if master_device == "auto" or p.device.type == master_device:
+        return p.detach().to(torch.float32, copy=True)
+    if master_device != "cpu":
+        raise ValueError(f"es.master_device={master_device!r} is not allowed for a model on {p.device}; use auto or cpu")
+    master = torch.empty(p.shape, dtype=torch.float32, pin_memory=torch.cuda.is_available())
+    return master.copy_(p.detach())
+
+
 def unique_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """Named parameters with tied weights listed once (e.g. embeddings tied to the LM head), in the order of
     ``model.named_parameters()``: the tensor index i that seeds iid noise is the position in this list."""
@@ -25,7 +36,7 @@ def unique_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
 
 class ESWeights:
     def __init__(self, model: torch.nn.Module, noise_mode: str = "iid", noise_dtype: str = "param",
-                 rule: SGD | None = None):
+                 rule: SGD | None = None, master_device: str = "auto"):
         self.model = model
         self.noise_mode, self.noise_dtype = noise_mode, noise_dtype
         named = unique_parameters(model)
@@ -33,7 +44,8 @@ class ESWeights:
         self.params = [p for _, p in named]
         for p in self.params:
             p.requires_grad_(False)
-        self.master = [p.detach().to(torch.float32, copy=True) for p in self.params]
+        self.master = [_master_copy(p, master_device) for p in self.params]
+        self._kept: tuple[int, list[torch.Tensor]] | None = None  # (seed, noise) held by perturb(keep_noise=True)
         self.rule = rule if rule is not None else SGD()
         self.rule.bind(self.master_state())
 
@@ -41,10 +53,20 @@ class ESWeights:
         return tensor_noise(self.params[i], i, seed, self.noise_mode, self.noise_dtype)
 
     @torch.no_grad()
-    def perturb(self, seed: int, scale: float) -> None:
-        """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released)."""
+    def perturb(self, seed: int, scale: float, keep_noise: bool = False) -> None:
+        """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released).
+        keep_noise: hold eps(seed) for the next call with the same seed (the mirrored member of an antithetic
+        pair), so a pair draws its noise once (same bits; one model-size copy of noise held in between)."""
+        kept = self._kept[1] if self._kept is not None and self._kept[0] == seed else None
+        self._kept = None
+        noises = []
         for i, p in enumerate(self.params):
-            p.add_(scale * self.noise(i, seed))
+            eps = kept[i] if kept is not None else self.noise(i, seed)
+            p.add_(scale * eps)
+            if keep_noise:
+                noises.append(eps)
+        if keep_noise:
+            self._kept = (seed, noises)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -57,10 +79,13 @@ class ESWeights:
         """delta = sum_k coeff_k * eps(seed_k) per tensor in fp32; the update rule moves the master by it."""
         seed_coeffs = list(seed_coeffs)
         for i, (name, p, m) in enumerate(zip(self.names, self.params, self.master)):
-            delta = torch.zeros_like(m)
+            delta = torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noise lives on the model's device
+            last_seed, eps = None, None
             for seed, coeff in seed_coeffs:
-                delta.add_(self.noise(i, seed).to(torch.float32), alpha=coeff)
-            self.rule.step(name, m, delta)
+                if seed != last_seed:  # mirrored pairs share a seed: one draw, the same sum
+                    last_seed, eps = seed, self.noise(i, seed).to(torch.float32)
+                delta.add_(eps, alpha=coeff)
+            self.rule.step(name, m, delta.to(m.device))  # es.master_device=cpu: streamed one tensor at a time
             p.copy_(m)
 
     def master_state(self) -> dict[str, torch.Tensor]:

@@ -70,3 +70,54 @@ def test_bench_rejects_bad_modes_and_member_counts():
     with pytest.raises(SystemExit, match="timed-members"):
         bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "4", "--timed-members", "3",
                     "--members-per-forward", "2", "--modes", "lowrank"])
+
+
+def test_generation_limit_against_hand_computed_numbers():
+    from es_repro.roofline import Shape, generation_limit_s
+
+    shape = Shape(matmul_weights=1000, layers=2, heads=2, kv_heads=1, head_dim=4)
+    # weights 2000 B -> 2 s at 1000 B/s; prefill FLOPs 2*1000*2*3 + (2*2*2*2*4)*2*3*4/2 = 12768;
+    # decode t=1 (c=4): 2000 + (2*2*1*4*2)*4*2 = 2256 B, 4000 + 64*4*2 = 4512 FLOPs; t=2 (c=5): 2320 B, 4640 FLOPs.
+    kw = dict(batch=2, width=3, steps=3, bytes_per_value=2)
+    assert generation_limit_s(shape, **kw, bandwidth=1000, peak_flops=1e4) == pytest.approx(2 + 2.256 + 2.32)
+    assert generation_limit_s(shape, **kw, bandwidth=1000, peak_flops=1e3) == pytest.approx(12.768 + 4.512 + 4.64)
+
+
+def test_shape_counts_matmul_weights_and_published_parameter_counts():
+    from es_repro.model_shapes import build_random_shape
+    from es_repro.roofline import device_limits, shape_of
+    from es_repro.tiny_model import build_tiny_model
+
+    untied, _ = build_tiny_model(seed=0)
+    total = sum(p.numel() for p in untied.parameters())
+    assert shape_of(untied).matmul_weights == total - untied.get_input_embeddings().weight.numel()
+    tied, _ = build_tiny_model(seed=0, tie_embeddings=True)
+    assert shape_of(tied).matmul_weights == sum(p.numel() for p in tied.parameters())
+    # Qwen2.5-1.5B-Instruct: 1,543,714,304 parameters (its model card: 1.54B), tied head; built on the meta device.
+    qwen, _ = build_random_shape("qwen2.5-1.5b", dtype=torch.bfloat16, device=torch.device("meta"))
+    s = shape_of(qwen)
+    assert s.matmul_weights == 1_543_714_304 and (s.layers, s.heads, s.kv_heads, s.head_dim) == (28, 12, 2, 128)
+    assert device_limits("NVIDIA H200", None, None) == (4.8e12, 989e12)
+    assert device_limits("cpu", 10, 1) == (10e9, 1e12) and device_limits(None, None, None) is None
+
+
+def test_bench_limit_column_and_forced_tokens():
+    from es_repro.roofline import generation_limit_s, shape_of
+
+    cfg, task, _ = _setup(["task.max_new_tokens=6"])
+    backend = bench.setup(cfg, task, "default", "float32", force_tokens=True)
+    r = bench.bench_generation(cfg, backend, task, limits=(1e9, 1e11))
+    assert r["tokens"] == cfg.es.population * len(task.train_rows) * 6  # every sequence ran the full budget
+    calls = backend.generator.calls
+    assert len(calls) == cfg.es.population and all(b == 3 and t == 6 for b, _, t in calls)
+    expected = sum(generation_limit_s(shape_of(backend.model), batch=b, width=w, steps=t, bytes_per_value=4,
+                                      bandwidth=1e9, peak_flops=1e11) for b, w, t in calls)
+    assert r["limit_s"] == pytest.approx(expected) and r["of_limit"] == pytest.approx(expected / r["generate_s"])
+
+
+def test_bench_cli_cuts_prompts_and_runs_the_compiled_mode(capsys):
+    bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "2", "--prompts", "2",
+                "--max-new-tokens", "3", "--prompt-tokens", "5", "--force-tokens", "--modes", "compiled@float32",
+                "--mem-bandwidth-gbs", "10", "--peak-tflops", "1"])
+    out = capsys.readouterr().out
+    assert "| compiled | float32 |" in out and "limits: 10 GB/s, 1 TFLOP/s" in out and "of_limit" in out

@@ -75,3 +75,39 @@ def test_evaluate_reports_task_accuracy_and_reward():
     assert [s["reward"] for s in result.samples] == recomputed
     assert result.reward == pytest.approx(sum(recomputed) / 4)
     assert result.accuracy == sum(task.accuracy(completions, target_char=["a"] * 4)) / 4
+
+
+def test_base_model_not_kept_is_loaded_per_kl_evaluation_with_the_same_kl():
+    task = build_task("synthetic", 2, 4, 0)
+    loads = []
+
+    def load_base():
+        loads.append(1)
+        return build_tiny_model(seed=0)[0]
+
+    model, tok = build_tiny_model(seed=0)
+    backend = _backend(model, tok, task, None)
+    backend._reference_loader = load_base
+    backend.weights.perturb(1, 0.2)
+    pairs = backend.sample_ids(task.eval_rows, temperature=1.0, seed=0)
+    kept = [kl_to_base(backend, pairs) for _ in range(2)]
+    assert len(loads) == 1  # kept: loaded once
+    backend.keep_reference, backend._reference = False, None
+    freed = [kl_to_base(backend, pairs) for _ in range(2)]
+    assert len(loads) == 3 and backend._reference is None  # loaded for each evaluation, freed after it
+    assert kept == freed and kept[0] > 0
+
+
+def test_master_on_cpu_is_the_same_master_and_other_devices_are_refused():
+    from es_repro.config import ConfigError, validate
+    from tests.helpers import make_cfg
+
+    model, _ = build_tiny_model(seed=0)
+    a, b = ESWeights(model, "iid"), ESWeights(build_tiny_model(seed=0)[0], "iid", master_device="cpu")
+    for w in (a, b):
+        w.apply_update([(3, 0.01), (4, -0.02)])
+    assert all(torch.equal(x, y) for x, y in zip(a.master, b.master))
+    with pytest.raises(ValueError, match="es.master_device"):
+        ESWeights(build_tiny_model(seed=0)[0], "iid", master_device="cuda")
+    with pytest.raises(ConfigError, match="es.master_device"):
+        validate(make_cfg(["es.master_device=gpu"]))

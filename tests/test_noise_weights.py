@@ -104,3 +104,37 @@ def test_tied_weights_are_perturbed_once():
     assert "lm_head.weight" not in weights.names
     weights.perturb(3, 0.1)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mirrored_pair_draws_its_noise_once_with_the_same_bits(dtype):
+    model, _ = build_tiny_model(seed=2)
+    model.to(dtype)
+    reused, fresh = ESWeights(model, "iid"), ESWeights(build_tiny_model(seed=2)[0].to(dtype), "iid")
+    calls = []
+    draw = reused.noise
+    reused.noise = lambda i, seed: calls.append((i, seed)) or draw(i, seed)
+    for scale, keep in ((0.05, True), (-0.05, False)):  # the pair (+s, -s) as HFBackend evaluates it
+        reused.perturb(41, scale, keep_noise=keep)
+        fresh.perturb(41, scale)
+        assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
+        reused.restore(), fresh.restore()
+    assert len(calls) == len(reused.params)  # one draw per tensor for the whole pair
+    assert reused._kept is None  # the mirrored member released the held noise
+    # a kept noise is never used for another seed
+    reused.perturb(41, 0.05, keep_noise=True), reused.restore()
+    reused.perturb(42, 0.05), fresh.perturb(42, 0.05)
+    assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
+
+
+def test_update_with_pairs_equals_the_sum_drawn_per_member():
+    model, _ = build_tiny_model(seed=2)
+    weights = ESWeights(model, "iid")
+    before = [m.clone() for m in weights.master]
+    seed_coeffs = [(5, 0.3), (5, -0.1), (9, -0.2), (9, 0.25)]
+    weights.apply_update(seed_coeffs)
+    for i, (m0, m) in enumerate(zip(before, weights.master)):
+        delta = torch.zeros_like(m0)
+        for seed, coeff in seed_coeffs:  # the definition: every member's noise drawn afresh
+            delta.add_(tensor_noise(m0, i, seed, "iid"), alpha=coeff)
+        assert torch.equal(m, m0 + delta)

@@ -25,6 +25,7 @@ STATE_FILE, RESIDUAL_FILE = "qes_state.json", "qes_residual.safetensors"
 
 class QESBackend(HFBackend):
     name = "qes"
+    reuse_pair_noise = False  # its integer perturbation keeps no noise between members (no keep_noise)
 
     def __init__(self, *args, source: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,5 +73,7 @@ def build(cfg, task) -> QESBackend:
     weights = QuantizedWeights(model, quantized, sigma=cfg.es.sigma, alpha=cfg.es.alpha, population=cfg.es.population,
                                gamma=q.gamma, norm=q.norm, noise_mode=cfg.es.noise, residuals=residuals)
     reference = lambda: load_for_qes(cfg.model, q.bits, q.group_size)[0]  # noqa: E731  the quantized base model
-    return QESBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), weights, reference=reference,
-                      source=source)
+    backend = QESBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), weights, reference=reference,
+                         source=source)
+    backend.keep_reference = cfg.eval.keep_base_model
+    return backend

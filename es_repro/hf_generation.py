@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from transformers import CompileConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-CACHES = ("dynamic", "static")
-COMPILE_MODES = ("auto", "on", "off")
-
 from es_repro.tasks.base import Row
+
+CACHES = ("dynamic", "static")  # generation.cache
+COMPILE_MODES = ("auto", "on", "off")  # generation.compile
 
 
 def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:

@@ -111,6 +111,20 @@ class EngineMaster:
         self.restore()
 
 
+def refresh_tied_head(model) -> None:
+    """Re-run the post-load processing of an LM head tied to the embeddings. A reload gives a tied head no weights of
+    its own (load_weights skips lm_head.*), so vLLM leaves its processed state as it was; on CPU that state is a
+    packed copy of the OLD embedding matrix for the GEMM (found by the real-engine test: perturbed members then
+    decoded with base logits). The head shares the embedding's storage, which the reload did update."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or getattr(head, "weight", None) is None or head.weight is not embed.weight:
+        return
+    method = getattr(head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(head)
+
+
 class ESWorkerExtension:
     """Mixed into vLLM's Worker: ``self.model_runner``, ``self.device`` and ``self.rank`` are the worker's. Names
     start with es_ (vLLM refuses an extension attribute the Worker already has)."""
@@ -128,7 +142,10 @@ class ESWorkerExtension:
 
     def _es_writer(self, weight_write: str) -> Callable[[Tensors], None]:
         if weight_write == "reload":
-            return lambda tensors: self.model_runner.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+            def reload(tensors: Tensors) -> None:
+                self.model_runner.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+                refresh_tied_head(self.model_runner.get_model())
+            return reload
         if weight_write == "direct":
             return lambda tensors: self.model_runner.get_model().load_weights(weights=tensors)
         raise ValueError(f"generation.vllm.weight_write={weight_write!r} is not one of ('reload', 'direct')")

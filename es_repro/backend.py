@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # typing only: this module stays import-light (config validat
     from es_repro.timing import Timer
 
 # generation.backend value -> "module:factory". Factories are imported only when chosen.
-BACKENDS = {"hf": "es_repro.hf_backend:build", "qes": "es_repro.qes.backend:build"}
+BACKENDS = {"hf": "es_repro.hf_backend:build", "qes": "es_repro.qes.backend:build",
+            "vllm": "es_repro.vllm_backend:build"}
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, completion token ids)
 

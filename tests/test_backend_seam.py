@@ -54,7 +54,7 @@ def test_a_second_backend_runs_resumes_and_replays(tmp_path, rule, monkeypatch):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("vllm_typo", "generation.backend='vllm_typo' is not allowed; choose one of: hf"),
+    ("vllm_typo", "generation.backend='vllm_typo' is not allowed; choose one of: hf, qes, vllm"),
 ])
 def test_unknown_backend_names_the_choices(value, message):
     with pytest.raises(ConfigError, match=message):

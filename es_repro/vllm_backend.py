@@ -1,0 +1,295 @@
+"""generation.backend=vllm: generation in a vLLM engine, ES weights on its workers (es_repro/vllm_worker.py).
+
+One engine (``vllm.LLM``) per process, tensor parallel optional; population sharding across processes stays in
+es_repro/distributed.py, so SLURM, resume and replay are unchanged. The driver sends only seeds, scales and paths:
+- fitness: for each member, perturb on the workers (written from the fp32 master, which also undoes the previous
+  member), generate greedily, score; one restore at the end. After EVERY weight change the prefix cache is reset
+  and the reset checked: vLLM caches KV by token prefix, so without it a member would reuse KV computed under
+  another member's weights.
+- greedy decoding as the HF backend: temperature 0, the same prompt token ids (render_prompt, no special tokens),
+  the task's stop strings kept in the output, the resolved generation.repetition_penalty; completions decoded
+  with the HF tokenizer and cut by cut_at_stop, exactly as HFGenerator does.
+- KL samples come from the engine (seeded per request, no penalty); their log-probabilities come from HF models:
+  the current weights as cast(master) (written by the worker to a file, loaded into an HF copy when the weights
+  changed since the last evaluation) and the base model, so both sides of k3 share the HF backend's numerics.
+- checkpoints: the HF backend's files (model.safetensors, master.safetensors, update_rule.safetensors), so a run
+  resumes on either engine.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from es_repro.config import require_vllm
+from es_repro.es import Member
+from es_repro.hf_generation import cut_at_stop, model_repetition_penalty, render_prompt, token_logprobs
+from es_repro.tasks.base import Row, Task, score
+from es_repro.timing import Timer
+
+WORKER_EXTENSION = "es_repro.vllm_worker.ESWorkerExtension"
+
+
+class PrefixCacheResetFailed(RuntimeError):
+    """vLLM refused to drop its prefix cache after a weight change (it would serve stale KV)."""
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer, *, model_cfg, model_dir: str, prompt_format: str, max_new_tokens: int,
+                 stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
+        import vllm  # the engine's own module (or a test's stand-in), imported by build()
+
+        self._vllm = vllm
+        self.llm, self.tokenizer, self.model_cfg, self.model_dir = llm, tokenizer, model_cfg, model_dir
+        self.prompt_format, self.max_new_tokens = prompt_format, max_new_tokens
+        self.stop_strings, self.repetition_penalty = tuple(stop_strings), repetition_penalty
+        self._describe = describe or {}
+        self.generated_tokens = 0
+        self.version = 0  # bumped by every change of the master: the evaluation's HF copy is rebuilt when stale
+        self._policy, self._policy_version, self._reference = None, -1, None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}
+
+    # engine calls ---------------------------------------------------------------------------------------------
+    def _rpc(self, method: str, *args) -> list:
+        return self.llm.collective_rpc(method, args=args)
+
+    def _weights_changed(self) -> None:
+        if not self.llm.reset_prefix_cache():
+            raise PrefixCacheResetFailed("vLLM did not reset its prefix cache after a weight change; generating "
+                                         "now would reuse KV computed under other weights")
+
+    def _write(self, method: str, *args) -> None:
+        self._rpc(method, *args)
+        self._weights_changed()
+
+    def init_master(self, es_cfg, dtype: str, weight_write: str) -> None:
+        self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
+                    float(es_cfg.decay), float(es_cfg.momentum), weight_write)
+
+    # generation -----------------------------------------------------------------------------------------------
+    def prompts(self, rows: Sequence[Row]) -> list[str]:
+        return [render_prompt(r, self.tokenizer, self.prompt_format) for r in rows]
+
+    def prompt_ids(self, rows: Sequence[Row]) -> list[list[int]]:
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.prompts(rows)]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+    def greedy_params(self, max_new_tokens: int | None = None):
+        return self._vllm.SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens or self.max_new_tokens, stop=list(self.stop_strings) or None,
+            include_stop_str_in_output=True, repetition_penalty=self.repetition_penalty)
+
+    def _run(self, prompt_ids: list[list[int]], params) -> list[list[int]]:
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        completions = [list(o.outputs[0].token_ids) for o in outputs]
+        self.generated_tokens += sum(map(len, completions))
+        return completions
+
+    def generate(self, rows: Sequence[Row], *, max_new_tokens: int | None = None) -> list[str]:
+        completions = self._run(self.prompt_ids(rows), self.greedy_params(max_new_tokens))
+        # decoded and cut as HFGenerator does, so both engines' strings compare token for token
+        return [cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop_strings) for c in completions]
+
+    def sample_ids(self, rows: Sequence[Row], *, temperature: float, seed: int,
+                   max_new_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
+        """One seeded stream per request (a repeated row, kl_samples > 1, still gets its own sample)."""
+        ids = self.prompt_ids(rows)
+        params = [self._vllm.SamplingParams(
+            temperature=temperature, top_p=1.0, top_k=0, seed=request_seed(seed, i), repetition_penalty=1.0,
+            max_tokens=max_new_tokens or self.max_new_tokens, stop=list(self.stop_strings) or None,
+            include_stop_str_in_output=True) for i in range(len(ids))]
+        return list(zip(ids, self._run(ids, params)))
+
+    def token_logprobs(self, pairs, *, reference: bool = False) -> list[torch.Tensor]:
+        model = self.reference_model() if reference else self.policy_model()
+        with torch.no_grad():
+            return [token_logprobs(model, p, c) for p, c in pairs]
+
+    def reference_model(self):
+        """The base model (HF), loaded on first use as the HF backend does."""
+        if self._reference is None:
+            from es_repro.models import load_model
+
+            self._reference = load_model(self.model_cfg)[0]
+        return self._reference
+
+    def policy_model(self):
+        """An HF copy of the current weights, cast(master) from the workers; rebuilt only when they changed."""
+        if self._policy is None:
+            from es_repro.models import load_model
+
+            self._policy = load_model(self.model_cfg)[0]
+        if self._policy_version != self.version:
+            from safetensors.torch import load_file
+
+            tmp = Path(tempfile.mkdtemp(prefix="es-repro-vllm-"))
+            try:
+                self._rpc("es_save_model", str(tmp))
+                state = load_file(tmp / "model.safetensors")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            with torch.no_grad():
+                for name, p in self._policy.named_parameters(remove_duplicate=True):
+                    p.copy_(state.pop(name))
+            if state:
+                raise ValueError(f"the engine's weights have names the HF model lacks: {sorted(state)[:5]}")
+            self._policy_version = self.version
+        return self._policy
+
+    # ES -------------------------------------------------------------------------------------------------------
+    def member_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], timer: Timer,
+                           progress: str = "") -> list[list[str]]:
+        out, perturbed = [], False
+        try:
+            for member in members:
+                with timer("perturb"):  # written from the master: also undoes the previous member
+                    perturbed = True
+                    self._write("es_perturb", int(member.seed), float(member.sign * sigma))
+                with timer("generate"):
+                    out.append(self.generate(rows))
+        finally:
+            if perturbed:
+                with timer("restore"):
+                    self._write("es_restore")
+        return out
+
+    def fitness(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], task: Task, timer: Timer,
+                progress: str = "") -> list[float]:
+        out = []
+        for completions in self.member_completions(members, sigma, rows, timer, progress):
+            with timer("reward"):
+                rewards = score(task.reward, completions, rows)
+            out.append(float(np.mean(rewards)))  # the HF backend's mean
+        return out
+
+    def apply_update(self, seed_coeffs) -> None:
+        seed_coeffs = list(seed_coeffs)
+        self._write("es_update", [int(s) for s, _ in seed_coeffs], [float(c) for _, c in seed_coeffs])
+        self.version += 1
+
+    def save_state(self, path: Path) -> None:
+        self._rpc("es_save_state", str(Path(path).resolve()))
+
+    def load_state(self, path: Path) -> None:
+        self._write("es_load_state", str(Path(path).resolve()))
+        self.version += 1
+
+    def export(self, path: Path) -> None:
+        """config.json, generation_config.json, tokenizer files and model.safetensors (cast(master))."""
+        from transformers import AutoConfig
+
+        path = Path(path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        self._rpc("es_save_model", str(path))
+        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        config.dtype = self._describe.get("dtype", "float32")
+        config.save_pretrained(path)
+        generation_config(self.model_dir).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """A per-request sampling seed from (evaluation seed, request index); fits vLLM's int seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def generation_config(model_dir: str):
+    """The model's generation_config as HF's from_pretrained builds it (the file, else derived from config.json)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+
+
+def resolved_repetition_penalty(cfg, model_dir: str) -> float:
+    """generation.repetition_penalty, else the model's own value: what the HF backend applies."""
+    if cfg.generation.repetition_penalty is not None:
+        return cfg.generation.repetition_penalty
+    return model_repetition_penalty(SimpleNamespace(generation_config=generation_config(model_dir)))
+
+
+def model_directory(model_cfg) -> str:
+    """The directory vLLM loads: the converted GGUF checkpoint, a local dir, an HF id's cached snapshot, or the
+    tiny random model saved once (the HF backend builds it in memory; vLLM needs files)."""
+    from es_repro.models import cache_root, gguf_checkpoint
+
+    if model_cfg.source == "gguf_package":
+        return str(gguf_checkpoint(model_cfg.path, model_cfg.gguf_file))
+    if model_cfg.source == "tiny_random":
+        target = cache_root() / f"tiny-random-seed{model_cfg.seed}"
+        if not (target / "config.json").is_file():
+            from es_repro.tiny_model import build_tiny_model
+
+            model, tokenizer = build_tiny_model(seed=model_cfg.seed)
+            tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # another process finished first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, target)
+        return str(target)
+    if Path(model_cfg.path).is_dir():
+        return str(Path(model_cfg.path).resolve())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_cfg.path, local_files_only=True)
+
+
+def engine_dtype(model_cfg) -> str:
+    """model.dtype as the HF backend resolves it (auto: bf16 on CUDA, bf16 on CPUs with native bf16, else fp32)."""
+    from es_repro.models import DTYPES, resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(model_cfg.dtype, resolve_device(model_cfg.device))
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+def max_model_len(cfg) -> int:
+    if cfg.generation.vllm.max_model_len:
+        return cfg.generation.vllm.max_model_len
+    return cfg.task.max_prompt_tokens + max(cfg.task.max_new_tokens, cfg.eval.kl_max_new_tokens)
+
+
+def engine_args(cfg, model_dir: str, dtype: str) -> dict:
+    v = cfg.generation.vllm
+    args = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=cfg.seed,
+                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+                enforce_eager=v.enforce_eager, max_model_len=max_model_len(cfg),
+                worker_extension_cls=WORKER_EXTENSION)
+    if v.kv_cache_gb:
+        args["kv_cache_memory_bytes"] = int(v.kv_cache_gb * (1 << 30))
+    return args
+
+
+def build(cfg, task: Task) -> VLLMBackend:
+    """Engine first (vLLM sizes its memory from what is free at start), then the master on its workers."""
+    require_vllm()
+    import vllm
+    from transformers import AutoTokenizer
+
+    model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
+    llm = vllm.LLM(**engine_args(cfg, model_dir, dtype))
+    v = cfg.generation.vllm
+    backend = VLLMBackend(
+        llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_cfg=cfg.model, model_dir=model_dir,
+        prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens, stop_strings=task.stop_strings,
+        repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
+        describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
+                  "tensor_parallel_size": v.tensor_parallel_size})
+    backend.init_master(cfg.es, dtype, v.weight_write)
+    return backend

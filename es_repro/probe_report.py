@@ -10,7 +10,6 @@ landscape_<reward>.png/.pdf (p(dR > 0), p(dR = 0) and the output-identical share
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, replace
 from pathlib import Path

@@ -42,6 +42,7 @@ class PrefixCacheResetFailed(RuntimeError):
 
 class VLLMBackend:
     name = "vllm"
+    keep_reference = True  # eval.keep_base_model
 
     def __init__(self, llm, tokenizer, *, model_cfg, model_dir: str, prompt_format: str, max_new_tokens: int,
                  stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
@@ -114,8 +115,14 @@ class VLLMBackend:
 
     def token_logprobs(self, pairs, *, reference: bool = False) -> list[torch.Tensor]:
         model = self.reference_model() if reference else self.policy_model()
-        with torch.no_grad():
-            return [token_logprobs(model, p, c) for p, c in pairs]
+        try:
+            with torch.no_grad():
+                return [token_logprobs(model, p, c) for p, c in pairs]
+        finally:
+            if not self.keep_reference:  # eval.keep_base_model=false: both HF copies leave the device after use
+                self._reference, self._policy, self._policy_version, model = None, None, -1, None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def reference_model(self):
         """The base model (HF), loaded on first use as the HF backend does."""
@@ -291,5 +298,6 @@ def build(cfg, task: Task) -> VLLMBackend:
         repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
         describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
                   "tensor_parallel_size": v.tensor_parallel_size})
+    backend.keep_reference = cfg.eval.keep_base_model
     backend.init_master(cfg.es, dtype, v.weight_write)
     return backend

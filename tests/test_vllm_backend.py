@@ -172,6 +172,11 @@ def test_logprobs_come_from_hf_copies_of_the_master_and_the_base(fake):
             got, want = vb.token_logprobs(pairs, reference=reference), hf.token_logprobs(pairs, reference=reference)
             assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert not all(torch.equal(a, b) for a, b in zip(vb.token_logprobs(pairs), vb.token_logprobs(pairs, reference=True)))
+    kept = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
+    vb.keep_reference = False  # eval.keep_base_model=false: the HF copies are rebuilt per use, with the same values
+    freed = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
+    assert vb._reference is None and vb._policy is None
+    assert all(torch.equal(a, b) for k, f in zip(kept, freed) for a, b in zip(k, f))
 
 
 RUN = ["es.generations=4", "checkpoint_every=2", "model.dtype=bfloat16", "es.update=momentum", "eval.every=2",

@@ -18,6 +18,7 @@ Modes (each on a freshly loaded model, same seeds, one generation each):
 - compiled: default with a static KV cache and a compiled decode step (generation.cache=static,
            generation.compile=on; CUDA graphs on GPU).
 - lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
+- vllm:    generation.backend=vllm (es_repro/vllm_backend.py), when vLLM is importable.
 "effective tok/s" = generated tokens / whole generation time (all phases), the number the goals refer to.
 Runs on CPU here and on CUDA when one is visible (--device).
 
@@ -51,7 +52,7 @@ from es_repro.timing import Timer
 from es_repro.weights import ESWeights
 
 
-MODES = ("paper", "default", "compiled", "lowrank")
+MODES = ("paper", "default", "compiled", "lowrank", "vllm")
 
 
 def peak_rss_gib() -> float:
@@ -64,7 +65,7 @@ MEMBER_PHASES = ("generate", "perturb", "restore", "reward")
 def update_of(backend: HFBackend, cfg, members: list, rewards: list[float]) -> list[tuple[int, float]]:
     """What the backend's apply_update takes: the release's (seed, float32 z) per member for the paper loop,
     es-repro's merged (seed, alpha/N * z) otherwise."""
-    if isinstance(backend.weights, PaperLoopWeights):
+    if isinstance(getattr(backend, "weights", None), PaperLoopWeights):
         return list(zip((m.seed for m in members), release_tell(rewards)))
     return es.merge_by_seed(members, es.tell(members, rewards, cfg.es.alpha, cfg.es.fitness))
 
@@ -75,7 +76,8 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
     first K members are evaluated and their phase times and tokens are scaled by N/K. limits=(bytes/s, FLOP/s):
     also the hardware limit of the generate calls made (limit_s) and generate_s's fraction of it (of_limit)."""
     timer = Timer()
-    tokens0, calls0 = backend.generated_tokens, len(backend.generator.calls)
+    calls = backend.calls if hasattr(backend, "calls") else backend.generator.calls  # vLLM backend | HF backends
+    tokens0, calls0 = backend.generated_tokens, len(calls)
     members = es.ask(cfg.seed, generation, cfg.es.population, cfg.es.antithetic)
     evaluated = members[:timed_members] if timed_members else members
     rows = task.train_rows
@@ -92,11 +94,13 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
                gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
                reward_std=float(np.std(rewards)), timed_members=len(evaluated))
     if limits is not None:
-        shape = roofline.shape_of(backend.model)
-        nbytes = next(backend.model.parameters()).element_size()
+        if hasattr(backend, "meta_model"):  # vLLM: the same shape from its config, in the engine's dtype
+            shape, nbytes = roofline.shape_of(backend.meta_model()), torch.finfo(getattr(torch, backend.describe()["dtype"])).bits // 8
+        else:
+            shape, nbytes = roofline.shape_of(backend.model), next(backend.model.parameters()).element_size()
         limit = sum(roofline.generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=nbytes,
                                                 bandwidth=limits[0], peak_flops=limits[1])
-                    for b, w, t in backend.generator.calls[calls0:])
+                    for b, w, t in calls[calls0:])
         out.update(limit_s=limit * scale, of_limit=limit * scale / out["generate_s"])
     return out
 
@@ -114,12 +118,17 @@ def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1, force_tokens: bo
     max_new_tokens (no EOS, no stop strings), so modes and machines compare on equal token counts."""
     backend = _setup(cfg, task, mode, dtype, args_rank)
     if force_tokens:
-        backend.generator.stop_strings = ()
-        backend.generator.min_new_tokens = cfg.task.max_new_tokens
+        target = backend if mode == "vllm" else backend.generator
+        target.stop_strings, target.min_new_tokens = (), cfg.task.max_new_tokens
     return backend
 
 
 def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
+    if mode == "vllm":
+        from es_repro import vllm_backend
+
+        return vllm_backend.build(replace(cfg, model=replace(cfg.model, dtype=dtype),
+                                          generation=replace(cfg.generation, backend="vllm")), task)
     if mode == "compiled":
         cfg = replace(cfg, generation=replace(cfg.generation, cache="static", compile="on"))
     model, tokenizer = load_model(replace(cfg.model, dtype=dtype))

@@ -54,6 +54,8 @@ class VLLMBackend:
         self.stop_strings, self.repetition_penalty = tuple(stop_strings), repetition_penalty
         self._describe = describe or {}
         self.generated_tokens = 0
+        self.min_new_tokens = 0  # the benchmark forces full-length generations with it
+        self.calls: list[tuple[int, int, int]] = []  # (requests, longest prompt, longest completion) per generate
         self.version = 0  # bumped by every change of the master: the evaluation's HF copy is rebuilt when stale
         self._policy, self._policy_version, self._reference = None, -1, None
 
@@ -88,15 +90,25 @@ class VLLMBackend:
         return [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
     def greedy_params(self, max_new_tokens: int | None = None):
+        max_tokens = max_new_tokens or self.max_new_tokens
+        forced = dict(min_tokens=min(self.min_new_tokens, max_tokens), ignore_eos=True) if self.min_new_tokens else {}
         return self._vllm.SamplingParams(
-            temperature=0.0, max_tokens=max_new_tokens or self.max_new_tokens, stop=list(self.stop_strings) or None,
-            include_stop_str_in_output=True, repetition_penalty=self.repetition_penalty)
+            temperature=0.0, max_tokens=max_tokens, stop=list(self.stop_strings) or None,
+            include_stop_str_in_output=True, repetition_penalty=self.repetition_penalty, **forced)
 
     def _run(self, prompt_ids: list[list[int]], params) -> list[list[int]]:
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         completions = [list(o.outputs[0].token_ids) for o in outputs]
         self.generated_tokens += sum(map(len, completions))
+        self.calls.append((len(prompt_ids), max(map(len, prompt_ids), default=0), max(map(len, completions), default=0)))
         return completions
+
+    def meta_model(self):
+        """The HF model on the meta device (no memory): its shape, for the benchmark's hardware-limit column."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir, local_files_only=True))
 
     def generate(self, rows: Sequence[Row], *, max_new_tokens: int | None = None) -> list[str]:
         completions = self._run(self.prompt_ids(rows), self.greedy_params(max_new_tokens))
@@ -236,12 +248,11 @@ def model_directory(model_cfg) -> str:
 
     if model_cfg.source == "gguf_package":
         return str(gguf_checkpoint(model_cfg.path, model_cfg.gguf_file))
-    if model_cfg.source == "tiny_random":
-        target = cache_root() / f"tiny-random-seed{model_cfg.seed}"
+    if model_cfg.source in ("tiny_random", "random_shape"):
+        name = "tiny-random" if model_cfg.source == "tiny_random" else f"random-{model_cfg.path}"
+        target = cache_root() / f"{name}-seed{model_cfg.seed}"
         if not (target / "config.json").is_file():
-            from es_repro.tiny_model import build_tiny_model
-
-            model, tokenizer = build_tiny_model(seed=model_cfg.seed)
+            model, tokenizer = _build_in_code(model_cfg)
             tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -256,6 +267,17 @@ def model_directory(model_cfg) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(model_cfg.path, local_files_only=True)
+
+
+def _build_in_code(model_cfg):
+    """A model built from code (tests, the benchmark's random-weight shapes), to be saved for the engine."""
+    if model_cfg.source == "tiny_random":
+        from es_repro.tiny_model import build_tiny_model
+
+        return build_tiny_model(seed=model_cfg.seed)
+    from es_repro.model_shapes import build_random_shape
+
+    return build_random_shape(model_cfg.path, dtype=torch.bfloat16, device=torch.device("cpu"), seed=model_cfg.seed)
 
 
 def engine_dtype(model_cfg) -> str:

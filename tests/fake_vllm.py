@@ -24,7 +24,8 @@ __version__ = "0.0-fake"
 
 class SamplingParams:
     DEFAULTS = dict(n=1, temperature=1.0, top_p=1.0, top_k=0, seed=None, stop=None, max_tokens=16,
-                    repetition_penalty=1.0, include_stop_str_in_output=False, skip_special_tokens=True)
+                    repetition_penalty=1.0, include_stop_str_in_output=False, skip_special_tokens=True, min_tokens=0,
+                    ignore_eos=False)
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - set(self.DEFAULTS)
@@ -108,7 +109,7 @@ class LLM:
 
     def _one(self, ids: list[int], sp: SamplingParams):
         kwargs = dict(max_new_tokens=sp.max_tokens, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                      repetition_penalty=sp.repetition_penalty)
+                      repetition_penalty=sp.repetition_penalty, min_new_tokens=sp.min_tokens or None)
         if sp.stop:
             kwargs.update(stop_strings=list(sp.stop), tokenizer=self.tokenizer)
         if sp.temperature == 0:
@@ -121,7 +122,7 @@ class LLM:
             ids_t = torch.tensor([ids])  # with a mask, as HFGenerator passes it (the attention path depends on it)
             out = self.model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), **kwargs)[0, len(ids):].tolist()
         eos = self.tokenizer.eos_token_id
-        if eos in out:
+        if eos in out and not sp.ignore_eos:
             out = out[: out.index(eos) + 1]
         completion = SimpleNamespace(token_ids=out, text=self.tokenizer.decode(out, skip_special_tokens=True))
         return SimpleNamespace(prompt_token_ids=ids, outputs=[completion])

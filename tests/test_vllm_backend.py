@@ -222,3 +222,19 @@ def test_an_es_run_matches_the_hf_backend_and_checkpoints_cross_engines(fake, tm
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", local_files_only=True)
     assert loaded.dtype == torch.bfloat16
     _same_weights(hf, loaded)
+
+
+def test_the_benchmark_runs_the_vllm_mode_with_forced_tokens_and_its_limit(fake):
+    from es_repro import bench
+    from es_repro.roofline import generation_limit_s, shape_of
+
+    cfg = make_cfg(VLLM + ["task.train_size=2", "task.max_new_tokens=5", "es.population=2"])
+    task = _task(cfg)
+    backend = bench.setup(cfg, task, "vllm", "float32", force_tokens=True)
+    r = bench.bench_generation(cfg, backend, task, limits=(1e9, 1e11))
+    assert r["tokens"] == 2 * 2 * 5  # N members x prompts x the forced length
+    assert all(sp.min_tokens == 5 and sp.ignore_eos and sp.stop is None for sp in fake.LLM.last.params)
+    hf = hf_backend.build(cfg, task)
+    expected = sum(generation_limit_s(shape_of(hf.model), batch=b, width=w, steps=t, bytes_per_value=4,
+                                      bandwidth=1e9, peak_flops=1e11) for b, w, t in backend.calls)
+    assert r["limit_s"] == pytest.approx(expected) and len(backend.calls) == 2

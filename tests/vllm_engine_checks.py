@@ -31,8 +31,10 @@ def test_the_installed_vllm_has_every_api_the_backend_uses():
     assert {"method", "args", "kwargs"} <= _params(vllm.LLM.collective_rpc)
     assert inspect.signature(vllm.LLM.reset_prefix_cache).return_annotation in (bool, "bool")
     sp = vllm.SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=1, max_tokens=3, stop=["x"],
-                             include_stop_str_in_output=True, repetition_penalty=1.1)
+                             include_stop_str_in_output=True, repetition_penalty=1.1, min_tokens=2,
+                             ignore_eos=True)
     assert (sp.temperature, sp.top_k, sp.stop, sp.include_stop_str_in_output) == (0.0, 0, ["x"], True)
+    assert (sp.min_tokens, sp.ignore_eos) == (2, True)  # the benchmark's forced lengths
     assert issubclass(CPUModelRunner, GPUModelRunner)
     assert {"weights_iterator", "is_checkpoint_format"} <= _params(GPUModelRunner.reload_weights)
     assert "get_model" in dir(GPUModelRunner)

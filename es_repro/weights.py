@@ -80,11 +80,8 @@ class ESWeights:
         seed_coeffs = list(seed_coeffs)
         for i, (name, p, m) in enumerate(zip(self.names, self.params, self.master)):
             delta = torch.zeros(p.shape, dtype=torch.float32, device=p.device)  # noise lives on the model's device
-            last_seed, eps = None, None
-            for seed, coeff in seed_coeffs:
-                if seed != last_seed:  # mirrored pairs share a seed: one draw, the same sum
-                    last_seed, eps = seed, self.noise(i, seed).to(torch.float32)
-                delta.add_(eps, alpha=coeff)
+            for seed, coeff in seed_coeffs:  # mirrored pairs arrive merged (es.merge_by_seed): one draw each
+                delta.add_(self.noise(i, seed).to(torch.float32), alpha=coeff)
             self.rule.step(name, m, delta.to(m.device))  # es.master_device=cpu: streamed one tensor at a time
             p.copy_(m)
 

@@ -115,9 +115,22 @@ def test_bench_limit_column_and_forced_tokens():
     assert r["limit_s"] == pytest.approx(expected) and r["of_limit"] == pytest.approx(expected / r["generate_s"])
 
 
-def test_bench_cli_cuts_prompts_and_runs_the_compiled_mode(capsys):
+def test_bench_cli_cuts_prompts_and_prints_the_limit_column(capsys):
     bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "2", "--prompts", "2",
-                "--max-new-tokens", "3", "--prompt-tokens", "5", "--force-tokens", "--modes", "compiled@float32",
+                "--max-new-tokens", "3", "--prompt-tokens", "5", "--force-tokens", "--modes", "default@float32",
                 "--mem-bandwidth-gbs", "10", "--peak-tflops", "1"])
     out = capsys.readouterr().out
-    assert "| compiled | float32 |" in out and "limits: 10 GB/s, 1 TFLOP/s" in out and "of_limit" in out
+    assert "| default | float32 |" in out and "limits: 10 GB/s, 1 TFLOP/s" in out and "of_limit" in out
+
+
+def test_the_compiled_mode_is_the_default_path_with_a_static_cache_and_compiled_decode():
+    # its outputs (== eager) are tests/test_generation_settings.py's; compiling again here would only cost time
+    cfg, task, _ = _setup()
+    gen = bench.setup(cfg, task, "compiled", "float32").generator
+    assert (gen.cache, gen.compile) == ("static", "on") and gen.stop_strings == tuple(task.stop_strings)
+
+
+def test_prompts_are_cut_to_the_given_token_count():
+    cfg, task, backend = _setup()
+    cut = bench.cut_prompts(task, backend.tokenizer, 5)
+    assert [len(backend.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) for r in cut.train_rows] == [5] * 3

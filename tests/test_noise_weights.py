@@ -127,7 +127,7 @@ def test_a_mirrored_pair_draws_its_noise_once_with_the_same_bits(dtype):
     assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
 
 
-def test_update_with_pairs_equals_the_sum_drawn_per_member():
+def test_update_with_a_repeated_seed_equals_the_sum_drawn_per_member():
     model, _ = build_tiny_model(seed=2)
     weights = ESWeights(model, "iid")
     before = [m.clone() for m in weights.master]

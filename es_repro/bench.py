@@ -95,7 +95,8 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
                reward_std=float(np.std(rewards)), timed_members=len(evaluated))
     if limits is not None:
         if hasattr(backend, "meta_model"):  # vLLM: the same shape from its config, in the engine's dtype
-            shape, nbytes = roofline.shape_of(backend.meta_model()), torch.finfo(getattr(torch, backend.describe()["dtype"])).bits // 8
+            dtype = getattr(torch, backend.describe()["dtype"])
+            shape, nbytes = roofline.shape_of(backend.meta_model()), torch.finfo(dtype).bits // 8
         else:
             shape, nbytes = roofline.shape_of(backend.model), next(backend.model.parameters()).element_size()
         limit = sum(roofline.generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=nbytes,

@@ -110,13 +110,19 @@ def _convert_gguf(source: Path, target: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
+    save_checkpoint_atomically(model, tokenizer, target)
+
+
+def save_checkpoint_atomically(model, tokenizer, target: Path) -> None:
+    """An HF checkpoint directory written beside ``target``, then renamed: a reader never sees half of it, and when
+    another process finished first its copy is kept."""
+    import shutil
+
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # another process finished first
-        import shutil
-
+    if target.exists():
         shutil.rmtree(tmp)
         return
     os.replace(tmp, target)

@@ -17,7 +17,6 @@ es_repro/distributed.py, so SLURM, resume and replay are unchanged. The driver s
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -244,7 +243,7 @@ def resolved_repetition_penalty(cfg, model_dir: str) -> float:
 def model_directory(model_cfg) -> str:
     """The directory vLLM loads: the converted GGUF checkpoint, a local dir, an HF id's cached snapshot, or the
     tiny random model saved once (the HF backend builds it in memory; vLLM needs files)."""
-    from es_repro.models import cache_root, gguf_checkpoint
+    from es_repro.models import cache_root, gguf_checkpoint, save_checkpoint_atomically
 
     if model_cfg.source == "gguf_package":
         return str(gguf_checkpoint(model_cfg.path, model_cfg.gguf_file))
@@ -252,15 +251,7 @@ def model_directory(model_cfg) -> str:
         name = "tiny-random" if model_cfg.source == "tiny_random" else f"random-{model_cfg.path}"
         target = cache_root() / f"{name}-seed{model_cfg.seed}"
         if not (target / "config.json").is_file():
-            model, tokenizer = _build_in_code(model_cfg)
-            tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # another process finished first
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, target)
+            save_checkpoint_atomically(*_build_in_code(model_cfg), target)
         return str(target)
     if Path(model_cfg.path).is_dir():
         return str(Path(model_cfg.path).resolve())

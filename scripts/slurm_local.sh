@@ -66,7 +66,7 @@ install_if_missing() {
 }
 
 write_conf() {
-    local cpus=${ES_SLURM_CPUS:-$(nproc)} mem
+    local cpus=${ES_SLURM_CPUS:-$(nproc --all)} mem  # --all: plain nproc obeys OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     mkdir -p "$DIR"/{state,spool,log,munge}
     cat >"$CONF" <<EOF

@@ -287,3 +287,13 @@ def test_stability_rows_that_differ_beyond_beta_alpha_sigma_say_how(tmp_path):
     assert "| other |" in md and "| lowrank=4 |" in md
     # Without such differences the column is not shown.
     assert "| other |" not in A.stability_markdown(A.stability_table(A.load_runs(tmp_path / "r0s0", tmp_path / "r0s1")))
+
+
+def test_a_key_missing_from_older_runs_does_not_count_as_varied():
+    from es_repro.analysis.select import varying_keys
+
+    old = json.dumps({"es.sigma": 0.001})
+    new = json.dumps({"es.sigma": 0.01, "es.reuse_pair_noise": True})
+    newer = json.dumps({"es.sigma": 0.01, "es.reuse_pair_noise": False})
+    assert varying_keys([old, new]) == ["es.sigma"]
+    assert varying_keys([old, new, newer]) == ["es.reuse_pair_noise", "es.sigma"]

@@ -52,10 +52,11 @@ def method_key(df: pd.DataFrame) -> pd.Series:
 
 
 def varying_keys(settings: list[str]) -> list[str]:
-    """Config keys whose values differ among these setting strings (what a grid varies)."""
+    """Config keys whose values differ among these setting strings (what a grid varies). A key missing from some
+    settings (a run logged before that setting existed) varies only if the runs that have it disagree."""
     parsed = [json.loads(s) for s in settings]
     keys = sorted(set().union(*parsed)) if parsed else []
-    return [k for k in keys if len({json.dumps(p.get(k)) for p in parsed}) > 1]
+    return [k for k in keys if len({json.dumps(p[k]) for p in parsed if k in p}) > 1]
 
 
 def setting_label(setting: str, keys: list[str]) -> str:

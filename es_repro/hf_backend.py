@@ -88,7 +88,7 @@ class HFBackend:
                 return [token_logprobs(model, p, c) for p, c in pairs]
         finally:
             if reference and not self.keep_reference:
-                self._reference = model = None  # eval.keep_base_model=false: its memory is back for generation
+                self._reference = None  # eval.keep_base_model=false: its memory is back for generation
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 

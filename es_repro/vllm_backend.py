@@ -131,7 +131,7 @@ class VLLMBackend:
                 return [token_logprobs(model, p, c) for p, c in pairs]
         finally:
             if not self.keep_reference:  # eval.keep_base_model=false: both HF copies leave the device after use
-                self._reference, self._policy, self._policy_version, model = None, None, -1, None
+                self._reference, self._policy, self._policy_version = None, None, -1
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
 

@@ -19,6 +19,10 @@ Modes (each on a freshly loaded model, same seeds, one generation each):
            generation.compile=on; CUDA graphs on GPU).
 - lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
 - vllm:    generation.backend=vllm (es_repro/vllm_backend.py), when vLLM is importable.
+- inflight: members in flight: --inflight K processes on the one device, each with its own copy of the model in
+           default mode, split the members round-robin as K torchrun processes sharing a GPU do; on CPU they split
+           the threads. They start together once all are loaded and warm; time = the slowest one's members + the
+           slowest update, tokens summed (bench_inflight).
 "effective tok/s" = generated tokens / whole generation time (all phases), the number the goals refer to.
 Runs on CPU here and on CUDA when one is visible (--device).
 
@@ -34,7 +38,9 @@ detected from its name (roofline.GPUS) or given with --mem-bandwidth-gbs and --p
 from __future__ import annotations
 
 import argparse
+import queue as queue_module
 import resource
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -52,7 +58,7 @@ from es_repro.timing import Timer
 from es_repro.weights import ESWeights
 
 
-MODES = ("paper", "default", "compiled", "lowrank", "vllm")
+MODES = ("paper", "default", "compiled", "lowrank", "vllm", "inflight")
 
 
 def peak_rss_gib() -> float:
@@ -94,15 +100,105 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
                gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
                reward_std=float(np.std(rewards)), timed_members=len(evaluated))
     if limits is not None:
-        if hasattr(backend, "meta_model"):  # vLLM: the same shape from its config, in the engine's dtype
-            dtype = getattr(torch, backend.describe()["dtype"])
-            shape, nbytes = roofline.shape_of(backend.meta_model()), torch.finfo(dtype).bits // 8
-        else:
-            shape, nbytes = roofline.shape_of(backend.model), next(backend.model.parameters()).element_size()
-        limit = sum(roofline.generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=nbytes,
-                                                bandwidth=limits[0], peak_flops=limits[1])
-                    for b, w, t in calls[calls0:])
+        limit = limit_of(backend, calls[calls0:], limits)
         out.update(limit_s=limit * scale, of_limit=limit * scale / out["generate_s"])
+    return out
+
+
+def limit_of(backend, calls, limits: tuple[float, float]) -> float:
+    """The hardware limit (s) of the generate calls (batch, width, steps) made by ``backend``."""
+    if hasattr(backend, "meta_model"):  # vLLM: the same shape from its config, in the engine's dtype
+        dtype = getattr(torch, backend.describe()["dtype"])
+        shape, nbytes = roofline.shape_of(backend.meta_model()), torch.finfo(dtype).bits // 8
+    else:
+        shape, nbytes = roofline.shape_of(backend.model), next(backend.model.parameters()).element_size()
+    return sum(roofline.generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=nbytes,
+                                           bandwidth=limits[0], peak_flops=limits[1]) for b, w, t in calls)
+
+
+def _inflight_worker(rank: int, cfg, dtype: str, processes: int, timed_members: int, force_tokens: bool,
+                     prompt_tokens: int, threads: int, limits, barrier, queue) -> None:
+    """One of bench_inflight's processes: members rank, rank + K, ... of the timed ones, then the full update."""
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        task = build_task(cfg.task.name, cfg.task.train_size, 1, cfg.task.data_seed, cfg.task.options)
+        backend = setup(cfg, task, "default", dtype, force_tokens=force_tokens)
+        if prompt_tokens:
+            task = cut_prompts(task, backend.tokenizer, prompt_tokens)
+        backend.generate(task.train_rows[:1], max_new_tokens=2)  # warm-up, as the other modes
+        members = es.ask(cfg.seed, 0, cfg.es.population, cfg.es.antithetic)
+        mine = (members[:timed_members] if timed_members else members)[rank::processes]
+        timer, tokens0, calls0 = Timer(), backend.generated_tokens, len(backend.generator.calls)
+        barrier.wait()  # every process loaded and warm: start together
+        start = time.perf_counter()
+        rewards = backend.fitness(mine, cfg.es.sigma, task.train_rows, task, timer)
+        members_s = time.perf_counter() - start
+        barrier.wait()  # in a run the update waits for every process's rewards (all-gather)
+        start = time.perf_counter()
+        backend.apply_update(update_of(backend, cfg, members, [rewards[i % len(rewards)] for i in range(len(members))]))
+        update_s = time.perf_counter() - start
+        cuda = next(backend.model.parameters()).is_cuda
+        queue.put(dict(rank=rank, members_s=members_s, update_s=update_s, phases=dict(timer.totals), rewards=rewards,
+                       tokens=backend.generated_tokens - tokens0, rss=peak_rss_gib(),
+                       cuda_peak=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+                       limit=limit_of(backend, backend.generator.calls[calls0:], limits) if limits else None))
+    except BaseException as exc:  # the parent must not wait on a barrier forever
+        barrier.abort()
+        queue.put(dict(rank=rank, error=f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def bench_inflight(cfg, dtype: str, processes: int, timed_members: int = 0, force_tokens: bool = False,
+                   prompt_tokens: int = 0, limits: tuple[float, float] | None = None) -> dict:
+    """Members in flight on one device: ``processes`` spawned processes, each with its own model copy in default
+    mode, split the (timed) members round-robin, as torchrun processes sharing a GPU split a generation
+    (es_repro/distributed.py). On CPU each gets threads // processes threads. Phases are the slowest process's,
+    scaled by N/K like bench_generation's; total_s = slowest members + slowest update; tokens are summed."""
+    n = cfg.es.population
+    timed = timed_members or n
+    if processes > timed:
+        raise SystemExit(f"--inflight={processes} needs at least as many timed members, got {timed}")
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    cuda = torch.cuda.is_available() and cfg.model.device != "cpu"
+    threads = 0 if cuda else max(1, torch.get_num_threads() // processes)
+    procs = [ctx.Process(target=_inflight_worker, args=(r, cfg, dtype, processes, timed_members, force_tokens,
+                                                        prompt_tokens, threads, limits, barrier, queue))
+             for r in range(processes)]
+    for p in procs:
+        p.start()
+    reports = []
+    while len(reports) < processes:
+        try:
+            reports.append(queue.get(timeout=5))
+        except queue_module.Empty:  # a process killed outright (e.g. out of memory) reports nothing
+            reported = {r["rank"] for r in reports}
+            dead = [(rank, p.exitcode) for rank, p in enumerate(procs)
+                    if p.exitcode not in (None, 0) and rank not in reported]
+            if dead:
+                for p in procs:
+                    p.terminate()
+                raise RuntimeError(f"inflight process {dead[0][0]} died (exit code {dead[0][1]}) without reporting") from None
+    reports.sort(key=lambda r: r["rank"])
+    for p in procs:
+        p.join()
+    errors = [r["error"] for r in reports if "error" in r]
+    if errors:
+        raise RuntimeError(f"an inflight process failed: {errors[0]}")
+    scale = n / timed
+    out = {f"{k}_s": max(r["phases"].get(k, 0.0) for r in reports) * scale for k in MEMBER_PHASES}
+    out["update_s"] = max(r["update_s"] for r in reports)
+    total = max(r["members_s"] for r in reports) * scale + out["update_s"]
+    tokens = round(sum(r["tokens"] for r in reports) * scale)
+    rewards = [x for r in reports for x in r["rewards"]]
+    out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
+               gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
+               reward_std=float(np.std(rewards)), timed_members=timed, processes=processes, threads=threads,
+               peak_rss_GiB=sum(r["rss"] for r in reports), peak_cuda_GiB=sum(r["cuda_peak"] for r in reports))
+    if limits is not None:  # the processes share the device's bandwidth and FLOPs: their limits add up
+        limit = sum(r["limit"] for r in reports) * scale
+        out.update(limit_s=limit, of_limit=limit / out["generate_s"])
     return out
 
 
@@ -154,6 +250,10 @@ def cut_prompts(task, tokenizer, n_tokens: int):
     return replace(task, train_rows=rows)
 
 
+def _cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -174,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="evaluate only this many members and scale their phases by N/K (0 = all N)")
     ap.add_argument("--rank", type=int, default=1, help="lowrank mode: perturbation rank")
     ap.add_argument("--members-per-forward", type=int, default=8, help="lowrank mode: members per batched generate")
+    ap.add_argument("--inflight", type=int, default=2, help="inflight mode: processes sharing the device")
     ap.add_argument("--force-tokens", action="store_true", help="every sequence generates --max-new-tokens tokens")
     ap.add_argument("--prompt-tokens", type=int, default=0, help="cut each prompt to this many tokens (raw prompts)")
     ap.add_argument("--mem-bandwidth-gbs", type=float, default=None, help="for the limit column (else from the GPU name)")
@@ -210,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|" + "---|" * (len(cols) + 3))
     results = {}
     for mode, dtype in specs:
+        if mode == "inflight":  # its own processes: memory is theirs, summed
+            r = results[f"inflight{args.inflight}@{dtype}"] = bench_inflight(
+                cfg, dtype, args.inflight, args.timed_members, args.force_tokens, args.prompt_tokens, limits)
+            print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
+                  + f" | {r['peak_rss_GiB']:.2f} | {r['peak_cuda_GiB']:.2f} | {r['reward_mean']:.4f} |", flush=True)
+            continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         backend = setup(cfg, task, mode, dtype, args.rank, args.force_tokens)
@@ -224,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
                                                           limits=limits)
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        print(f"| {mode} | {dtype} | " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+        print(f"| {mode} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)
         del backend
     papers = [k for k in results if k.startswith("paper@")]

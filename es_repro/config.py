@@ -95,8 +95,9 @@ class ESConfig:
 class VLLMConfig:
     """generation.backend=vllm only: the engine's settings (es_repro/vllm_backend.py)."""
     tensor_parallel_size: int = 1  # GPUs one engine spans (population sharding across processes is separate)
-    gpu_memory_utilization: float = 0.7  # the engine's share of device memory (on CPU: of the NUMA node's RAM);
-    # below vLLM's 0.92 because the fp32 master and the evaluation's HF models live beside the engine
+    gpu_memory_utilization: float = 0.7  # the share of each GPU (on CPU: of the NUMA node's RAM) for all engines on
+    # it, split evenly (several processes per GPU); below vLLM's 0.92: the fp32 master and the evaluation's HF models
+    # live beside the engine
     kv_cache_gb: float = 0.0  # > 0: a fixed KV cache size (vLLM's kv_cache_memory_bytes) instead of the share above
     enforce_eager: bool = False  # true: no CUDA graphs (vLLM-CPU runs eager either way)
     max_model_len: int = 0  # 0 = task.max_prompt_tokens + the longest generation the run asks for

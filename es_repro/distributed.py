@@ -12,7 +12,9 @@ Launch:
   (submitit.helpers.TorchDistributedEnvironment), so `tasks_per_node` x `nodes` processes join one group.
 
 The group uses gloo even on GPUs: a generation sends N floats, so NCCL would buy nothing, and gloo works on
-CPU-only test machines and across nodes alike. Each CUDA process binds the GPU of its local rank.
+CPU-only test machines and across nodes alike. Each CUDA process binds the devices of its local rank
+(device_group): with more processes on a node than device groups, several processes share a GPU, i.e. several
+members are in flight on it (`torchrun --nproc_per_node=4` on a 1-GPU node).
 """
 from __future__ import annotations
 
@@ -41,8 +43,34 @@ def _export_submitit_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-def init() -> bool:
+def device_group(local_rank: int, local_world: int, device_count: int, per_process: int = 1) -> tuple[list[int], int]:
+    """(the node's devices this process uses, how many of the node's processes use them).
+
+    The node's devices split into device_count // per_process groups of per_process consecutive devices
+    (per_process > 1: one tensor-parallel engine spans a group); local rank r takes group r % groups. Launching
+    more processes than groups puts several on one group: their engines then split its memory.
+    """
+    if device_count < per_process:
+        raise ValueError(f"each process needs {per_process} devices (generation.vllm.tensor_parallel_size) but "
+                         f"this node has {device_count}")
+    groups = device_count // per_process
+    group = local_rank % groups
+    return list(range(group * per_process, (group + 1) * per_process)), len(range(group, local_world, groups))
+
+
+def local_device_group(per_process: int = 1) -> tuple[list[int], int]:
+    """device_group for this process, from LOCAL_RANK/LOCAL_WORLD_SIZE (torchrun, submitit) and the visible GPUs;
+    on a CPU-only machine the node counts as one device that every local process shares."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not torch.cuda.is_available():
+        return [], local_world
+    return device_group(local_rank, local_world, torch.cuda.device_count(), per_process)
+
+
+def init(devices_per_process: int = 1) -> bool:
     """Join the process group described by the environment; False (and no group) for a single process.
+    On CUDA, bind the first device of this process's group (device_group).
 
     Safe to call again (a multirun in one process): the group is created once.
     """
@@ -50,8 +78,9 @@ def init() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        devices, _ = local_device_group(devices_per_process)
+        if devices:
+            torch.cuda.set_device(devices[0])
         dist.init_process_group("gloo", init_method="env://", timeout=TIMEOUT)
     return True
 

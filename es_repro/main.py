@@ -136,7 +136,9 @@ def launch(dcfg: DictConfig, run_dir: Path) -> dict:
     from es_repro import distributed
     from es_repro.train_es import run_es  # heavy imports only after the config is known to be valid
 
-    distributed.init()  # torchrun or a multi-task submitit/SLURM job: the processes share one ES population
+    # torchrun or a multi-task submitit/SLURM job: the processes share one ES population; a vLLM engine may span
+    # several GPUs (tensor parallel), so each process binds a group of that size
+    distributed.init(cfg.generation.vllm.tensor_parallel_size if cfg.generation.backend == "vllm" else 1)
     return run_es(cfg, run_dir)
 
 

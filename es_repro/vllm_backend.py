@@ -285,15 +285,35 @@ def max_model_len(cfg) -> int:
     return cfg.task.max_prompt_tokens + max(cfg.task.max_new_tokens, cfg.eval.kl_max_new_tokens)
 
 
-def engine_args(cfg, model_dir: str, dtype: str) -> dict:
+def engine_args(cfg, model_dir: str, dtype: str, placement: tuple[list[int], int] = ([], 1)) -> dict:
+    """vllm.LLM's keywords. placement = (this process's GPUs, processes sharing them), from
+    distributed.local_device_group: engines that share a GPU split generation.vllm.gpu_memory_utilization evenly,
+    and an engine whose GPUs are not the first ones is placed with device_ids (vLLM's own placement; the engine
+    would otherwise take GPU 0 whatever the process's rank)."""
     v = cfg.generation.vllm
+    devices, sharing = placement
     args = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=cfg.seed,
-                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization / sharing,
                 enforce_eager=v.enforce_eager, max_model_len=max_model_len(cfg),
                 worker_extension_cls=WORKER_EXTENSION)
+    if devices and devices != list(range(len(devices))):
+        args["device_ids"] = devices
     if v.kv_cache_gb:
         args["kv_cache_memory_bytes"] = int(v.kv_cache_gb * (1 << 30))
     return args
+
+
+def _check_placement(vllm, args: dict) -> None:
+    """Older vLLM has no device_ids: say so before the engine silently lands on GPU 0 beside another one."""
+    if "device_ids" not in args:
+        return
+    from vllm.engine.arg_utils import EngineArgs
+
+    if "device_ids" not in EngineArgs.__dataclass_fields__:
+        raise RuntimeError(
+            f"this process should run its engine on GPU(s) {args['device_ids']}, but vLLM "
+            f"{getattr(vllm, '__version__', '?')} cannot place an engine (no device_ids): use vLLM >= 0.32, or give "
+            "each process its own GPU through CUDA_VISIBLE_DEVICES (SLURM: --gpus-per-task=1)")
 
 
 def build(cfg, task: Task) -> VLLMBackend:
@@ -302,15 +322,21 @@ def build(cfg, task: Task) -> VLLMBackend:
     import vllm
     from transformers import AutoTokenizer
 
-    model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
-    llm = vllm.LLM(**engine_args(cfg, model_dir, dtype))
+    from es_repro import distributed
+
     v = cfg.generation.vllm
+    model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
+    placement = distributed.local_device_group(v.tensor_parallel_size)
+    args = engine_args(cfg, model_dir, dtype, placement)
+    _check_placement(vllm, args)
+    llm = vllm.LLM(**args)
     backend = VLLMBackend(
         llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_cfg=cfg.model, model_dir=model_dir,
         prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens, stop_strings=task.stop_strings,
         repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
         describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
-                  "tensor_parallel_size": v.tensor_parallel_size})
+                  "tensor_parallel_size": v.tensor_parallel_size, "devices": placement[0],
+                  "engines_sharing_devices": placement[1]})
     backend.keep_reference = cfg.eval.keep_base_model
     backend.init_master(cfg.es, dtype, v.weight_write)
     return backend

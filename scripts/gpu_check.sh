@@ -30,4 +30,10 @@ timeout 330 python -m es_repro.bench --model qwen2.5-1.5b-random --device cuda -
     --prompts 200 --prompt-tokens 140 --max-new-tokens 1024 --force-tokens --batch-size 200 --timed-members 1 \
     --modes default,compiled 2>&1 | grep -v Warning | tail -12 >> "$report"
 echo '```' >> "$report"
+echo; echo "## Members in flight: 2 processes on the GPU, same setting (compare with the default row above)" >> "$report"
+echo '```' >> "$report"
+timeout 180 python -m es_repro.bench --model qwen2.5-1.5b-random --device cuda --dtype bfloat16 --population 30 \
+    --prompts 200 --prompt-tokens 140 --max-new-tokens 1024 --force-tokens --batch-size 200 --timed-members 2 \
+    --modes inflight --inflight 2 2>&1 | grep -v Warning | tail -6 >> "$report"
+echo '```' >> "$report"
 cat "$report"

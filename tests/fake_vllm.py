@@ -13,9 +13,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import torch
 
@@ -128,7 +129,19 @@ class LLM:
         return SimpleNamespace(prompt_token_ids=ids, outputs=[completion])
 
 
+@dataclasses.dataclass
+class EngineArgs:
+    """The EngineArgs fields the backend's placement check reads (vllm.engine.arg_utils.EngineArgs)."""
+    model: str = ""
+    device_ids: list | None = None
+
+
 def install(monkeypatch) -> None:
-    """Make ``import vllm`` (and importlib.util.find_spec("vllm")) see this module for the test's duration."""
+    """Make ``import vllm`` (and importlib.util.find_spec("vllm")) see this module for the test's duration;
+    ``vllm.engine.arg_utils`` holds the EngineArgs above."""
     monkeypatch.setitem(sys.modules, "vllm", sys.modules[__name__])
+    arg_utils = ModuleType("vllm.engine.arg_utils")
+    arg_utils.EngineArgs = EngineArgs
+    monkeypatch.setitem(sys.modules, "vllm.engine", ModuleType("vllm.engine"))
+    monkeypatch.setitem(sys.modules, "vllm.engine.arg_utils", arg_utils)
     LLM.last, LLM.reset_result = None, True

@@ -54,12 +54,27 @@ def test_timed_members_still_apply_the_full_update():
     assert all(torch.equal(a, b) for a, b in zip(ref.master, weights.master))
 
 
+def test_inflight_processes_split_the_members_and_add_up_to_one_process_generation():
+    """2 processes with their own model copies score members 0, 2 and 1, 3: the same completions (tokens) and
+    rewards as one process scoring all 4; the phases are the slower process's."""
+    cfg, task, backend = _setup()
+    single = bench.bench_generation(cfg, backend, task)
+    split = bench.bench_inflight(cfg, cfg.model.dtype, processes=2)
+    assert split["tokens"] == single["tokens"] and split["reward_mean"] == pytest.approx(single["reward_mean"])
+    assert split["processes"] == 2 and split["threads"] == max(1, torch.get_num_threads() // 2)
+    assert split["total_s"] >= split["generate_s"] > 0 and 0 <= split["overhead"] < 1
+    assert split["tok_per_s"] == pytest.approx(split["tokens"] / split["total_s"])
+    with pytest.raises(SystemExit, match="inflight=3 needs at least as many timed members, got 2"):
+        bench.bench_inflight(cfg, cfg.model.dtype, processes=3, timed_members=2)
+
+
 def test_bench_cli_prints_every_mode_and_the_speed_up(capsys):
     bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "4", "--prompts", "2",
                 "--max-new-tokens", "4", "--members-per-forward", "2", "--timed-members", "2",
-                "--modes", "paper@float32,default@float32,lowrank@bfloat16"])
+                "--modes", "paper@float32,default@float32,lowrank@bfloat16,inflight@float32", "--inflight", "2"])
     out = capsys.readouterr().out
     assert "| paper | float32 |" in out and "| default | float32 |" in out and "| lowrank | bfloat16 |" in out
+    assert "| inflight x2 | float32 |" in out and "speed-up of inflight2@float32 over paper@float32" in out
     assert "speed-up of default@float32 over paper@float32" in out
     assert "speed-up of lowrank@bfloat16 over paper@float32" in out
 

@@ -52,6 +52,23 @@ def test_shard_then_unshard_restores_member_order(world, n):
         distributed.unshard([s[:-1] if s else s for s in shares], n)
 
 
+@pytest.mark.parametrize("local_rank, local_world, count, per, expected", [
+    (0, 1, 1, 1, ([0], 1)),        # one process, one GPU
+    (3, 4, 1, 1, ([0], 4)),        # 4 processes on one GPU: 4 members in flight there
+    (3, 4, 2, 1, ([1], 2)),        # 4 processes on 2 GPUs: rank 3 on GPU 1, shared with rank 1
+    (1, 2, 4, 2, ([2, 3], 1)),     # tensor parallel 2 on 4 GPUs: rank 1 spans GPUs 2-3 alone
+    (2, 3, 4, 2, ([0, 1], 2)),     # 3 TP-2 engines on 4 GPUs: rank 2 shares GPUs 0-1 with rank 0
+    (0, 1, 3, 2, ([0, 1], 1)),     # an odd GPU left over is not used
+])
+def test_device_groups_by_local_rank(local_rank, local_world, count, per, expected):
+    assert distributed.device_group(local_rank, local_world, count, per) == expected
+
+
+def test_a_device_group_larger_than_the_node_is_refused():
+    with pytest.raises(ValueError, match="needs 4 devices .*tensor_parallel_size.* has 2"):
+        distributed.device_group(0, 1, 2, 4)
+
+
 def test_single_process_helpers_are_no_ops():
     assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
     assert distributed.is_main() and distributed.shard([1, 2, 3]) == [1, 2, 3]

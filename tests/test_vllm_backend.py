@@ -14,6 +14,7 @@ plain HF model), in the main environment without vLLM. The real engine is tests/
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -238,3 +239,36 @@ def test_the_benchmark_runs_the_vllm_mode_with_forced_tokens_and_its_limit(fake)
     expected = sum(generation_limit_s(shape_of(hf.model), batch=b, width=w, steps=t, bytes_per_value=4,
                                       bandwidth=1e9, peak_flops=1e11) for b, w, t in backend.calls)
     assert r["limit_s"] == pytest.approx(expected) and len(backend.calls) == 2
+
+
+@pytest.mark.parametrize("local_rank, devices, placed", [(3, [1], True), (2, [0], False)])
+def test_engines_sharing_a_gpu_split_its_memory_and_are_placed_by_local_rank(fake, monkeypatch, local_rank, devices,
+                                                                             placed):
+    """4 processes on a 2-GPU node: 2 engines per GPU, each with half of gpu_memory_utilization; an engine for
+    GPU 1 is placed there with device_ids (vLLM would otherwise take GPU 0), GPU 0 needs no placement."""
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = make_cfg(VLLM + ["model.device=cpu", "generation.vllm.gpu_memory_utilization=0.8"])
+    backend = build_backend(cfg, _task(cfg))
+    kwargs = fake.LLM.last.kwargs
+    assert kwargs["gpu_memory_utilization"] == pytest.approx(0.4)
+    assert kwargs.get("device_ids") == (devices if placed else None)
+    assert backend.describe()["devices"] == devices and backend.describe()["engines_sharing_devices"] == 2
+
+
+def test_a_vllm_without_device_ids_refuses_to_stack_engines_on_gpu_0(fake, monkeypatch):
+    @fake.dataclasses.dataclass
+    class OldEngineArgs:
+        model: str = ""
+
+    monkeypatch.setattr(sys.modules["vllm.engine.arg_utils"], "EngineArgs", OldEngineArgs)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = make_cfg(VLLM + ["model.device=cpu"])
+    with pytest.raises(RuntimeError, match=r"should run its engine on GPU\(s\) \[1\].*cannot place an engine"):
+        build_backend(cfg, _task(cfg))
+    assert fake.LLM.last is None  # refused before any engine started

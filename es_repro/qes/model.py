@@ -109,7 +109,7 @@ def replace_quantization_config(config, qc: dict):
 
 def load_for_qes(model_cfg, bits: int, group_size: int):
     """(model, tokenizer, quantized tensors, a description of the source) for a QES run."""
-    from es_repro.models import load_model, resolve_device, resolve_dtype
+    from es_repro.models.loading import load_model, resolve_device, resolve_dtype
 
     device = resolve_device(model_cfg.device)
     dtype = resolve_dtype(model_cfg.dtype, device)

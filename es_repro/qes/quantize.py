@@ -15,11 +15,8 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra import compose, initialize_config_dir
-
-    from es_repro.config import to_run_config
-    from es_repro.main import CONF_DIR
-    from es_repro.models import load_model
+    from es_repro.config.load import compose_config
+    from es_repro.models.loading import load_model
     from es_repro.qes.model import export_gptq, quantize_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        model_cfg = to_run_config(compose(config_name="config", overrides=args.overrides)).model
+    model_cfg = compose_config(args.overrides).model
     model, tokenizer = load_model(replace(model_cfg, dtype="float32", device="cpu"))
     with torch.no_grad():
         quantized = quantize_model(model, args.bits, args.group_size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from es_repro.errors import ConfigError, DataError
+from es_repro.run.errors import ConfigError, DataError
 from es_repro.tasks.arc_program import build_arc_program_task
 from es_repro.tasks.base import Row, Task, columns, score
 from es_repro.tasks.conciseness import build_conciseness_task
@@ -26,6 +26,12 @@ TASKS: dict[str, Callable[..., Task]] = {
     "arc_program": build_arc_program_task,  # model-written programs, run in the reward sandbox
     "math": build_math_task,  # boxed answers checked by math-verify in the reward sandbox
 }
+
+
+def task_from_config(task_cfg, eval_size: int | None = None) -> Task:
+    """The task a TaskConfig (cfg.task) describes; eval_size overrides task.eval_size (the benchmark needs 1)."""
+    return build_task(task_cfg.name, task_cfg.train_size, task_cfg.eval_size if eval_size is None else eval_size,
+                      task_cfg.data_seed, task_cfg.options)
 
 
 def build_task(name: str, train_size: int, eval_size: int, seed: int, options: dict | None = None) -> Task:

@@ -1,0 +1,3 @@
+from es_repro.bench.throughput import main
+
+main()

@@ -1,0 +1,20 @@
+"""generation.* settings shared by every engine (config/checks.py); generation.vllm.* in engines/vllm/checks.py."""
+from __future__ import annotations
+
+from es_repro.config.checks import one_of, positive
+from es_repro.run.errors import ConfigError
+
+
+def check(cfg) -> None:
+    from es_repro.engines.base import BACKENDS
+    from es_repro.engines.hf.generation import CACHES, COMPILE_MODES
+
+    g = cfg.generation
+    positive("generation.batch_size", g.batch_size)
+    one_of("generation.cache", g.cache, CACHES)
+    one_of("generation.compile", g.compile, COMPILE_MODES)
+    if g.repetition_penalty is not None:
+        positive("generation.repetition_penalty", g.repetition_penalty)
+    if g.backend not in BACKENDS and ":" not in g.backend:
+        raise ConfigError(f"generation.backend={g.backend!r} is not allowed; choose one of: "
+                          f"{', '.join(BACKENDS)} (or a factory as package.module:function)")

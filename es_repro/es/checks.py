@@ -1,0 +1,35 @@
+"""es.* settings of the strategy, noise and update rule (config/checks.py); es.qes.* are checked in qes/checks.py."""
+from __future__ import annotations
+
+from es_repro.config.checks import one_of, positive
+from es_repro.config.schema import MASTER_DEVICES
+from es_repro.es.noise import NOISE_DTYPES, NOISE_MODES
+from es_repro.es.strategy import FITNESS_SHAPING, SEED_STREAMS
+from es_repro.es.update_rules import UPDATES
+from es_repro.run.errors import ConfigError
+
+
+def check(cfg) -> None:
+    es = cfg.es
+    if es.population < 2:
+        raise ConfigError(f"es.population={es.population} is not allowed; it must be >= 2 (z-scores need two members)")
+    if es.antithetic and es.population % 2:
+        raise ConfigError(f"es.population={es.population} must be even when es.antithetic=true (mirrored pairs)")
+    positive("es.sigma", es.sigma)
+    positive("es.alpha", es.alpha)
+    positive("es.generations", es.generations, allow_zero=True)
+    one_of("es.noise", es.noise, NOISE_MODES)
+    one_of("es.fitness", es.fitness, tuple(FITNESS_SHAPING))
+    one_of("es.update", es.update, tuple(UPDATES))
+    if not 0.0 <= es.momentum < 1.0:
+        raise ConfigError(f"es.momentum={es.momentum} is not allowed; it must be in [0, 1)")
+    one_of("es.noise_dtype", es.noise_dtype, NOISE_DTYPES)
+    one_of("es.master_device", es.master_device, MASTER_DEVICES)
+    one_of("es.seed_stream", es.seed_stream, SEED_STREAMS)
+    if not 0.0 <= es.decay < 1.0:
+        raise ConfigError(f"es.decay={es.decay} is not allowed; it must be in [0, 1)")
+    positive("es.prompts_per_generation", es.prompts_per_generation, allow_zero=True)
+    positive("es.lowrank", es.lowrank, allow_zero=True)
+    positive("es.members_per_forward", es.members_per_forward)
+    if es.lowrank and es.noise != "iid":
+        raise ConfigError(f"es.noise={es.noise} cannot be combined with es.lowrank={es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")

@@ -1,0 +1,3 @@
+from es_repro.probe.run import main
+
+main()

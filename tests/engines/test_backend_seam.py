@@ -1,0 +1,109 @@
+"""The Backend seam: a second engine (tests/fakes/fake_backend.py) runs a whole ES run, resume and replay without any
+change to the loop, the evaluator, checkpoints or replay; bad backend names fail with the allowed values; and
+resume/replay are bit-exact through the HF backend for every update rule."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.fakes import fake_backend
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.config import ConfigError
+from es_repro.run.replay import main as replay_main
+from es_repro.run.log import RunLog
+from es_repro.es.loop import run_es
+from tests.helpers import make_cfg
+
+FAKE = ["generation.backend=tests.fakes.fake_backend:build", "es.generations=6", "checkpoint_every=2", "es.sigma=0.1",
+        "es.alpha=0.05", "eval.every=3", "eval.kl_prompts=2"]
+
+
+def _theta(path) -> torch.Tensor:
+    return load_file(path / "fake_weights.safetensors")["theta"]
+
+
+@pytest.mark.parametrize("rule", ["sgd", "momentum"])
+def test_a_second_backend_runs_resumes_and_replays(tmp_path, rule, monkeypatch):
+    cfg = make_cfg(FAKE + [f"es.update={rule}"])
+    full = run_es(cfg, tmp_path / "full")
+    log = RunLog(tmp_path / "full")
+    train = log.records("train")
+    assert [r["generation"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert train[-1]["reward_mean"] > train[0]["reward_mean"]  # it learns: theta shrinks toward 0
+    assert full["eval_reward"] > log.records("eval")[0]["eval_reward"]
+    assert all(r["eval_kl"] >= 0 for r in log.records("eval"))
+    final = _theta(latest_checkpoint(tmp_path / "full"))
+
+    # a crash in generation 4 (after the generation-2 checkpoint and generation 3's log line), then a relaunch
+    monkeypatch.setattr(fake_backend.FakeBackend, "fail_after_fitness_calls", 3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_es(cfg, tmp_path / "resumed")
+    info = RunLog(tmp_path / "resumed").info()
+    assert info["status"] == "failed" and "simulated crash" in info["error"]
+    monkeypatch.setattr(fake_backend.FakeBackend, "fail_after_fitness_calls", None)
+    run_es(cfg, tmp_path / "resumed")
+    assert RunLog(tmp_path / "resumed").info()["status"] == "finished"
+    assert torch.equal(_theta(latest_checkpoint(tmp_path / "resumed")), final)
+
+    # replay: base weights + the log, through the backend named in run.json
+    replay_main([str(tmp_path / "full"), "--out", str(tmp_path / "replayed")])
+    assert torch.equal(_theta(tmp_path / "replayed"), final)
+    replay_main([str(tmp_path / "full"), "--out", str(tmp_path / "replayed2"), "--generations", "5"])
+    assert not torch.equal(_theta(tmp_path / "replayed2"), final)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("vllm_typo", "generation.backend='vllm_typo' is not allowed; choose one of: hf, qes, vllm"),
+])
+def test_unknown_backend_names_the_choices(value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_cfg([f"generation.backend={value}"])
+
+
+def test_unimportable_backend_factory_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot import no_such_module:build"):
+        run_es(make_cfg(["generation.backend=no_such_module:build"]), tmp_path)
+
+
+def test_an_engine_path_from_before_the_move_still_loads_with_a_warning():
+    from es_repro.engines.base import backend_factory
+    from es_repro.engines.hf import backend as hf_backend
+
+    with pytest.warns(FutureWarning, match="es_repro.hf_backend is now es_repro.engines.hf.backend"):
+        assert backend_factory("es_repro.hf_backend:build") is hf_backend.build
+
+
+@pytest.mark.parametrize("rule", ["sgd", "momentum"])
+def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule, monkeypatch):
+    from es_repro.engines.hf import backend as hf_backend
+
+    overrides = [f"es.update={rule}", "es.generations=5", "checkpoint_every=2", "es.decay=0.05", "eval.kl_samples=0",
+                 "model.dtype=bfloat16"]
+    cfg = make_cfg(overrides)
+    run_es(cfg, tmp_path / "full")
+    final = load_file(latest_checkpoint(tmp_path / "full") / "model.safetensors")
+
+    calls = {"n": 0}
+    real = hf_backend.HFBackend.fitness
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hf_backend.HFBackend, "fitness", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_es(cfg, tmp_path / "resumed")
+    assert RunLog(tmp_path / "resumed").info()["status"] == "failed"
+    monkeypatch.setattr(hf_backend.HFBackend, "fitness", real)
+    run_es(cfg, tmp_path / "resumed")
+    resumed = load_file(latest_checkpoint(tmp_path / "resumed") / "model.safetensors")
+    replay_main([str(tmp_path / "full"), "--out", str(tmp_path / "replayed")])
+    replayed = load_file(tmp_path / "replayed" / "model.safetensors")
+    for k in final:
+        assert torch.equal(final[k], resumed[k]), k
+        assert torch.equal(final[k], replayed[k]), k
+    if rule == "momentum":  # its state travels in the checkpoint
+        assert (latest_checkpoint(tmp_path / "full") / "update_rule.safetensors").is_file()

@@ -1,0 +1,140 @@
+"""Noise modes and the perturb / restore / update mechanics on real (tiny) model parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from es_repro.es.noise import tensor_noise
+from es_repro.es.update_rules import SGD, Momentum
+from es_repro.models.tiny import build_tiny_model
+from es_repro.engines.weights import ESWeights
+
+
+def test_correlated_equals_randn_reseeded_per_tensor_in_param_dtype():
+    params = [torch.zeros(3, 4, dtype=torch.bfloat16), torch.zeros(5, dtype=torch.float32), torch.zeros(3, 4)]
+    for i, p in enumerate(params):
+        g = torch.Generator(device=p.device)
+        g.manual_seed(1234)
+        expected = torch.randn(p.shape, generator=g, dtype=p.dtype, device=p.device)
+        noise = tensor_noise(p, i, 1234, "correlated")
+        assert noise.dtype == p.dtype and torch.equal(noise, expected)
+    # the paper's quirk: same seed, same shape -> the same noise in different tensors
+    assert torch.equal(tensor_noise(params[0].float(), 0, 9, "correlated"), tensor_noise(params[2], 2, 9, "correlated"))
+
+
+def test_iid_streams_are_seeded_by_seed_plus_index_and_uncorrelated():
+    a = torch.zeros(200_000)
+    n0, n1 = tensor_noise(a, 0, 77, "iid"), tensor_noise(a, 1, 77, "iid")
+    assert torch.equal(n1, torch.randn(a.shape, generator=torch.Generator().manual_seed(78)))
+    corr = torch.corrcoef(torch.stack([n0, n1]))[0, 1]
+    assert abs(float(corr)) < 0.01  # ~ N(0, 1/sqrt(2e5)) = 0.002 if independent
+    assert float(n0.std()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_unknown_noise_mode_is_an_error():
+    with pytest.raises(ValueError, match="iid"):
+        tensor_noise(torch.zeros(2), 0, 0, "lowrank")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["iid", "correlated"])
+def test_perturb_then_restore_is_bit_exact(dtype, mode):
+    model, _ = build_tiny_model(seed=1)
+    model.to(dtype)
+    weights = ESWeights(model, mode)
+    before = [p.detach().clone() for p in weights.params]
+    for seed in (11, 12):
+        weights.perturb(seed, 1e-3)
+        assert any(not torch.equal(a, b) for a, b in zip(before, weights.params))
+        weights.restore()
+        assert all(torch.equal(a, b) for a, b in zip(before, weights.params))
+
+
+def test_naive_bf16_add_subtract_is_not_exact():
+    """Why restore copies from a master: +sigma*eps then -sigma*eps in bf16 does not round-trip."""
+    p = torch.randn(10_000).to(torch.bfloat16)
+    eps = torch.randn(10_000).to(torch.bfloat16)
+    q = p.clone().add_(eps, alpha=1e-3).sub_(eps, alpha=1e-3)
+    assert not torch.equal(p, q)
+
+
+def test_update_accumulates_in_fp32_below_bf16_resolution():
+    model, _ = build_tiny_model(seed=2)
+    model.to(torch.bfloat16)
+    weights = ESWeights(model, "iid")
+    master0 = [m.clone() for m in weights.master]
+    weights.apply_update([(5, 1e-6)])  # far below bf16 spacing (~1e-2 relative) for most weights
+    moved = sum(int((m != m0).sum()) for m, m0 in zip(weights.master, master0))
+    assert moved > 0.9 * sum(m.numel() for m in master0)
+    # the working copy is the rounded master
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(weights.params, weights.master))
+
+
+def test_decay_pulls_toward_base():
+    model, _ = build_tiny_model(seed=2)
+    base = [p.detach().clone() for p in model.parameters()]
+    weights = ESWeights(model, "iid", rule=SGD(decay=0.5))
+    weights.rule.decay = 0.0  # a plain step first, then one pure decay step
+    weights.apply_update([(5, 0.1)])
+    dist = sum(float((m - b).norm()) for m, b in zip(weights.master, base))
+    weights.rule.decay = 0.5
+    weights.apply_update([])
+    dist_after = sum(float((m - b).norm()) for m, b in zip(weights.master, base))
+    assert dist_after == pytest.approx(dist * 0.5, rel=1e-5)
+
+
+def test_momentum_rule_follows_its_definition():
+    """v_1 = d_1, v_2 = beta v_1 + d_2; theta_2 = theta_0 + v_1 + v_2, with d_t the plain ES step of generation t."""
+    model, _ = build_tiny_model(seed=2)
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    weights = ESWeights(model, "iid", rule=Momentum(beta=0.5))
+    steps = [[(5, 0.1), (6, -0.05)], [(7, 0.02)]]
+    for s in steps:
+        weights.apply_update(s)
+    for i, (t0, m) in enumerate(zip(theta0, weights.master)):
+        d = [sum(c * tensor_noise(t0, i, seed, "iid") for seed, c in s) for s in steps]
+        torch.testing.assert_close(m, t0 + d[0] + (0.5 * d[0] + d[1]), rtol=0, atol=1e-6)
+    assert sorted(weights.rule.state_dict()) == sorted(f"velocity.{n}" for n in weights.names)
+
+
+def test_tied_weights_are_perturbed_once():
+    model, _ = build_tiny_model(tie_embeddings=True)
+    weights = ESWeights(model, "iid")
+    assert model.config.tie_word_embeddings
+    assert "lm_head.weight" not in weights.names
+    weights.perturb(3, 0.1)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mirrored_pair_draws_its_noise_once_with_the_same_bits(dtype):
+    model, _ = build_tiny_model(seed=2)
+    model.to(dtype)
+    reused, fresh = ESWeights(model, "iid"), ESWeights(build_tiny_model(seed=2)[0].to(dtype), "iid")
+    calls = []
+    draw = reused.noise
+    reused.noise = lambda i, seed: calls.append((i, seed)) or draw(i, seed)
+    for scale, keep in ((0.05, True), (-0.05, False)):  # the pair (+s, -s) as HFBackend evaluates it
+        reused.perturb(41, scale, keep_noise=keep)
+        fresh.perturb(41, scale)
+        assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
+        reused.restore(), fresh.restore()
+    assert len(calls) == len(reused.params)  # one draw per tensor for the whole pair
+    assert reused._kept is None  # the mirrored member released the held noise
+    # a kept noise is never used for another seed
+    reused.perturb(41, 0.05, keep_noise=True), reused.restore()
+    reused.perturb(42, 0.05), fresh.perturb(42, 0.05)
+    assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
+
+
+def test_update_with_a_repeated_seed_equals_the_sum_drawn_per_member():
+    model, _ = build_tiny_model(seed=2)
+    weights = ESWeights(model, "iid")
+    before = [m.clone() for m in weights.master]
+    seed_coeffs = [(5, 0.3), (5, -0.1), (9, -0.2), (9, 0.25)]
+    weights.apply_update(seed_coeffs)
+    for i, (m0, m) in enumerate(zip(before, weights.master)):
+        delta = torch.zeros_like(m0)
+        for seed, coeff in seed_coeffs:  # the definition: every member's noise drawn afresh
+            delta.add_(tensor_noise(m0, i, seed, "iid"), alpha=coeff)
+        assert torch.equal(m, m0 + delta)

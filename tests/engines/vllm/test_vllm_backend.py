@@ -1,0 +1,276 @@
+"""generation.backend=vllm, its logic against a fake engine (tests/fakes/fake_vllm.py: the real worker extension over a
+plain HF model), in the main environment without vLLM. The real engine is tests/engines/vllm/test_vllm_engine.py.
+
+- without vLLM installed, choosing it is a one-line config error naming the install command; bad settings name the
+  field and the allowed values;
+- the weights written into the engine equal the HF backend's perturbed weights bit for bit (bf16 and fp32, both
+  noise dtypes), restore is exact, and an update lands where the HF backend's does;
+- the prefix cache is reset after every weight change, and a refused reset raises;
+- what is asked of the engine: greedy = temperature 0, the task's stop strings kept, the resolved repetition penalty;
+  samples = seeded per request, no penalty;
+- a whole ES run (train, eval with KL, checkpoints) logs exactly the HF backend's seeds, rewards and coefficients and
+  ends on its weights; a checkpoint of either engine resumes on the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.fakes import fake_vllm
+from es_repro.engines.hf import backend as hf_backend
+from es_repro.engines.base import build_backend
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.config import ConfigError
+from es_repro.es.strategy import Member
+from es_repro.run.log import RunLog
+from es_repro.tasks import task_from_config
+from es_repro.run.timing import Timer
+from es_repro.es.loop import run_es
+from tests.helpers import make_cfg
+
+VLLM = ["generation.backend=vllm"]
+WRITES = {"es_init", "es_perturb", "es_restore", "es_update", "es_load_state"}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setenv("ES_REPRO_CACHE", str(tmp_path / "cache"))  # the tiny model's saved directory
+    fake_vllm.install(monkeypatch)
+    return fake_vllm
+
+
+def _task(cfg):
+    return task_from_config(cfg.task)
+
+
+def _pair(overrides):
+    """(HF backend, vLLM backend over the fake engine) of one config."""
+    cfg = make_cfg(VLLM + overrides)
+    task = _task(cfg)
+    return hf_backend.build(cfg, task), build_backend(cfg, task), cfg, task
+
+
+def _same_weights(hf, engine_model) -> None:
+    engine = dict(engine_model.named_parameters(remove_duplicate=True))
+    for name, p in hf.model.named_parameters(remove_duplicate=True):
+        assert torch.equal(p, engine[name]), name
+
+
+def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command():
+    with pytest.raises(ConfigError) as err:
+        make_cfg(VLLM)
+    message = str(err.value)
+    assert "\n" not in message and "generation.backend=vllm" in message
+    assert "pip install vllm" in message and "scripts/setup_vllm_cpu.sh" in message
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generation.vllm.weight_write=inplace", "generation.vllm.weight_write='inplace' is not allowed; choose one of: reload, direct"),
+    ("generation.vllm.gpu_memory_utilization=1.5", r"generation.vllm.gpu_memory_utilization=1.5 is not allowed; it must be in \(0, 1\]"),
+    ("generation.vllm.tensor_parallel_size=0", "generation.vllm.tensor_parallel_size=0 is not allowed; it must be > 0"),
+    ("es.lowrank=2", "es.lowrank=2 cannot be combined with generation.backend=vllm"),
+    ("es.update=qes", "es.update=qes runs on generation.backend=hf or qes"),
+])
+def test_bad_vllm_settings_name_the_field_and_the_choices(fake, override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_cfg(VLLM + [override])
+
+
+@pytest.mark.parametrize("dtype, noise_dtype", [("bfloat16", "param"), ("bfloat16", "float32"), ("float32", "param")])
+@pytest.mark.parametrize("write", ["reload", "direct"])
+def test_engine_weights_equal_the_hf_backend_bit_for_bit(fake, dtype, noise_dtype, write):
+    hf, vb, cfg, _ = _pair([f"model.dtype={dtype}", f"es.noise_dtype={noise_dtype}", "es.update=momentum",
+                            f"generation.vllm.weight_write={write}"])
+    engine = fake.LLM.last
+    _same_weights(hf, engine.model)  # base: cast(master) on both
+    base = {n: p.clone() for n, p in engine.model.named_parameters()}
+    for seed, scale in ((3, 0.02), (11, -0.05)):
+        hf.weights.perturb(seed, scale)
+        vb._write("es_perturb", seed, scale)
+        _same_weights(hf, engine.model)
+        assert any(not torch.equal(p, base[n]) for n, p in engine.model.named_parameters())
+        hf.weights.restore()
+        vb._write("es_restore")
+        _same_weights(hf, engine.model)
+        assert all(torch.equal(p, base[n]) for n, p in engine.model.named_parameters())
+    for update in ([(5, 0.3), (9, -0.7)], [(2, 0.1)]):  # momentum: the rule's state moves the second step
+        hf.apply_update(update)
+        vb.apply_update(update)
+        _same_weights(hf, engine.model)
+    hf.weights.perturb(7, 0.01)
+    vb._write("es_perturb", 7, 0.01)
+    _same_weights(hf, engine.model)
+    writes = engine.worker.model_runner.loads
+    assert all(names == [n for n, _ in hf.model.named_parameters(remove_duplicate=True)] for names in writes)
+
+
+def test_every_weight_change_is_followed_by_a_prefix_cache_reset_and_a_refusal_raises(fake):
+    from es_repro.engines.vllm.backend import PrefixCacheResetFailed
+
+    cfg = make_cfg(VLLM)
+    task = _task(cfg)
+    vb = build_backend(cfg, task)
+    members = [Member(1, 1), Member(1, -1), Member(4, 1)]
+    vb.fitness(members, 0.05, task.train_rows, task, Timer())
+    vb.apply_update([(1, 0.5)])
+    events = fake.LLM.last.events
+    writes = [i for i, e in enumerate(events) if e in WRITES]
+    assert [events[i] for i in writes] == ["es_init", "es_perturb", "es_perturb", "es_perturb", "es_restore", "es_update"]
+    assert all(events[i + 1] == "reset" for i in writes)
+    assert events.count("generate") == 3 and events.count("reset") == len(writes)
+
+    fake.LLM.reset_result = False
+    with pytest.raises(PrefixCacheResetFailed, match="did not reset its prefix cache"):
+        vb.fitness(members, 0.05, task.train_rows, task, Timer())
+
+
+@pytest.mark.parametrize("penalty", ["null", "1.3"])
+def test_greedy_and_sampled_requests_match_the_hf_generator(fake, penalty):
+    hf, vb, cfg, task = _pair(["task=countdown", "task.train_size=3", "task.eval_size=3", "task.max_new_tokens=12",
+                               f"generation.repetition_penalty={penalty}"])
+    rows = task.train_rows
+    vb.generate(rows)
+    engine = fake.LLM.last
+    greedy = engine.params[-1]
+    assert greedy.temperature == 0.0 and greedy.max_tokens == 12
+    assert greedy.stop == ["</answer>"] and greedy.include_stop_str_in_output
+    assert greedy.repetition_penalty == hf.generator.repetition_penalty == (1.3 if penalty == "1.3" else 1.0)
+    # the same prompt token ids as the HF path: render_prompt, tokenized without special tokens
+    hf_ids = [hf.tokenizer(t, add_special_tokens=False)["input_ids"] for t in hf.prompts(rows)]
+    assert vb.prompt_ids(rows) == hf_ids
+
+    pairs = vb.sample_ids(rows + rows[:1], temperature=0.7, seed=5, max_new_tokens=6)
+    sampled = engine.params[-4:]
+    assert all(p.temperature == 0.7 and p.repetition_penalty == 1.0 and p.max_tokens == 6 for p in sampled)
+    assert len({p.seed for p in sampled}) == 4  # a repeated row still gets its own stream
+    assert vb.sample_ids(rows + rows[:1], temperature=0.7, seed=5, max_new_tokens=6) == pairs  # seeded
+    assert [p for p, _ in pairs] == hf_ids + hf_ids[:1]
+
+
+def test_the_model_generation_config_penalty_is_used_when_unset(fake, tmp_path):
+    from es_repro.models.tiny import build_tiny_model
+
+    model, tokenizer = build_tiny_model()
+    model.generation_config.repetition_penalty = 1.05
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    hf, vb, _, _ = _pair(["model.source=hf", f"model.path={tmp_path / 'm'}"])
+    assert vb.repetition_penalty == hf.generator.repetition_penalty == 1.05
+    assert vb.describe()["repetition_penalty"] == 1.05
+
+
+def test_logprobs_come_from_hf_copies_of_the_master_and_the_base(fake):
+    hf, vb, _, task = _pair(["model.dtype=bfloat16"])
+    pairs = vb.sample_ids(task.eval_rows, temperature=1.0, seed=0)
+    for update in ([(3, 2.0)], [(8, -1.0)]):
+        hf.apply_update(update)
+        vb.apply_update(update)
+        for reference in (False, True):
+            got, want = vb.token_logprobs(pairs, reference=reference), hf.token_logprobs(pairs, reference=reference)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not all(torch.equal(a, b) for a, b in zip(vb.token_logprobs(pairs), vb.token_logprobs(pairs, reference=True)))
+    kept = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
+    vb.keep_reference = False  # eval.keep_base_model=false: the HF copies are rebuilt per use, with the same values
+    freed = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
+    assert vb._reference is None and vb._policy is None
+    assert all(torch.equal(a, b) for k, f in zip(kept, freed) for a, b in zip(k, f))
+
+
+RUN = ["es.generations=4", "checkpoint_every=2", "model.dtype=bfloat16", "es.update=momentum", "eval.every=2",
+       "generation.batch_size=1"]  # batch 1: the fake engine generates one prompt at a time
+
+
+@pytest.mark.slow
+def test_an_es_run_matches_the_hf_backend_and_checkpoints_cross_engines(fake, tmp_path):
+    from es_repro.engines.vllm.backend import model_directory
+
+    # Both engines load the tiny model from its saved directory: the HF backend's in-memory tiny model is cast
+    # to bf16 after construction, rotary buffers included, which shifts its bf16 outputs.
+    run = RUN + ["model.source=hf", f"model.path={model_directory(make_cfg().model)}"]
+    run_es(make_cfg(run), tmp_path / "hf")
+    run_es(make_cfg(VLLM + run), tmp_path / "vllm")
+    a, b = RunLog(tmp_path / "hf"), RunLog(tmp_path / "vllm")
+    for key in ("seeds", "signs", "rewards", "coeffs", "update"):
+        assert [r[key] for r in a.records("train")] == [r[key] for r in b.records("train")], key
+    assert len({tuple(r["rewards"]) for r in a.records("train")}) > 1  # the members did differ
+    # greedy evaluation equal; KL samples are drawn per request by the engine (not HF's one batch stream), so KL
+    # is only checked to be measured (its log-probabilities: test_logprobs_come_from_hf_copies_...)
+    evals = [{k: r[k] for k in ("step", "eval_reward", "eval_accuracy")} for r in a.records("eval")]
+    assert evals == [{k: r[k] for k in ("step", "eval_reward", "eval_accuracy")} for r in b.records("eval")]
+    assert all(r["eval_kl"] > 0 for r in b.records("eval")[1:])
+    assert json.loads((tmp_path / "vllm" / "run.json").read_text())["backend"]["name"] == "vllm"
+    ckpt_a, ckpt_b = latest_checkpoint(tmp_path / "hf"), latest_checkpoint(tmp_path / "vllm")
+    for file in ("model.safetensors", "master.safetensors", "update_rule.safetensors"):
+        x, y = load_file(ckpt_a / file), load_file(ckpt_b / file)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), file
+
+    # each engine loads the other's checkpoint and continues identically
+    hf, vb, _, _ = _pair(run)
+    hf.load_state(ckpt_b)
+    vb.load_state(ckpt_a)
+    _same_weights(hf, fake.LLM.last.model)
+    hf.apply_update([(1, 0.4)])
+    vb.apply_update([(1, 0.4)])
+    _same_weights(hf, fake.LLM.last.model)
+
+    # the export loads as an HF model
+    from transformers import AutoModelForCausalLM
+
+    vb.export(tmp_path / "export")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export", local_files_only=True)
+    assert loaded.dtype == torch.bfloat16
+    _same_weights(hf, loaded)
+
+
+def test_the_benchmark_runs_the_vllm_mode_with_forced_tokens_and_its_limit(fake):
+    from es_repro.bench import throughput as bench
+    from es_repro.bench.roofline import generation_limit_s, shape_of
+
+    cfg = make_cfg(VLLM + ["task.train_size=2", "task.max_new_tokens=5", "es.population=2"])
+    task = _task(cfg)
+    backend = bench.setup(cfg, task, "vllm", "float32", force_tokens=True)
+    r = bench.bench_generation(cfg, backend, task, limits=(1e9, 1e11))
+    assert r["tokens"] == 2 * 2 * 5  # N members x prompts x the forced length
+    assert all(sp.min_tokens == 5 and sp.ignore_eos and sp.stop is None for sp in fake.LLM.last.params)
+    hf = hf_backend.build(cfg, task)
+    expected = sum(generation_limit_s(shape_of(hf.model), batch=b, width=w, steps=t, bytes_per_value=4,
+                                      bandwidth=1e9, peak_flops=1e11) for b, w, t in backend.calls)
+    assert r["limit_s"] == pytest.approx(expected) and len(backend.calls) == 2
+
+
+@pytest.mark.parametrize("local_rank, devices, placed", [(3, [1], True), (2, [0], False)])
+def test_engines_sharing_a_gpu_split_its_memory_and_are_placed_by_local_rank(fake, monkeypatch, local_rank, devices,
+                                                                             placed):
+    """4 processes on a 2-GPU node: 2 engines per GPU, each with half of gpu_memory_utilization; an engine for
+    GPU 1 is placed there with device_ids (vLLM would otherwise take GPU 0), GPU 0 needs no placement."""
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = make_cfg(VLLM + ["model.device=cpu", "generation.vllm.gpu_memory_utilization=0.8"])
+    backend = build_backend(cfg, _task(cfg))
+    kwargs = fake.LLM.last.kwargs
+    assert kwargs["gpu_memory_utilization"] == pytest.approx(0.4)
+    assert kwargs.get("device_ids") == (devices if placed else None)
+    assert backend.describe()["devices"] == devices and backend.describe()["engines_sharing_devices"] == 2
+
+
+def test_a_vllm_without_device_ids_refuses_to_stack_engines_on_gpu_0(fake, monkeypatch):
+    @dataclasses.dataclass
+    class OldEngineArgs:
+        model: str = ""
+
+    monkeypatch.setattr(sys.modules["vllm.engine.arg_utils"], "EngineArgs", OldEngineArgs)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = make_cfg(VLLM + ["model.device=cpu"])
+    with pytest.raises(RuntimeError, match=r"should run its engine on GPU\(s\) \[1\].*cannot place an engine"):
+        build_backend(cfg, _task(cfg))
+    assert fake.LLM.last is None  # refused before any engine started

@@ -1,0 +1,135 @@
+"""End-to-end ES runs on the tiny random model: logs, checkpoints, learning, resume after SIGKILL, replay."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.run.replay import main as replay_main
+from es_repro.run.log import RunLog
+from es_repro.es.loop import run_es
+from tests.helpers import TINY, make_cfg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(latest_checkpoint(run_dir) / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_writes_logs_checkpoint_and_skips_when_finished(tmp_path, capsys):
+    cfg = make_cfg(["eval.every=2", "checkpoint_every=3"])
+    summary = run_es(cfg, tmp_path)
+    log = RunLog(tmp_path)
+    info = log.info()
+    assert info["status"] == "finished" and info["config"]["es"]["population"] == 6 and "git_commit" in info
+    train, evals = log.records("train"), log.records("eval")
+    assert [r["generation"] for r in train] == [1, 2, 3, 4]
+    assert [r["samples"] for r in train] == [24, 48, 72, 96]  # N=6 members x 4 prompts per generation
+    assert [r["generation"] for r in evals] == [0, 2, 4]
+    for r in train:
+        assert len(r["seeds"]) == len(r["rewards"]) == len(r["coeffs"]) == 6
+        assert r["reward_mean"] == pytest.approx(sum(r["rewards"]) / 6)
+        assert {"time_generate", "time_perturb", "time_restore", "time_update", "time_reward"} <= r.keys()
+    assert summary["eval_accuracy"] == evals[-1]["eval_accuracy"] and evals[-1]["eval_kl"] is not None
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt.name == "gen-000004" and json.loads((ckpt / "state.json").read_text())["generation"] == 4
+    # the checkpoint is a plain HF directory
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(ckpt).config.hidden_size == 32
+    assert (tmp_path / "samples.jsonl").is_file()
+    run_es(cfg, tmp_path)
+    assert "already finished; skipping" in capsys.readouterr().out
+    assert len(RunLog(tmp_path).records("train")) == 4
+
+
+def test_es_improves_reward_on_a_reachable_task(tmp_path):
+    cfg = make_cfg(["es.generations=15", "es.population=16", "task.train_size=8", "task.max_new_tokens=4",
+                    "eval.kl_samples=0", "eval.every=5"])
+    run_es(cfg, tmp_path)
+    evals = [r["eval_reward"] for r in RunLog(tmp_path).records("eval")]  # unperturbed model, held-out prompts
+    assert len(evals) == 4 and evals[-1] > evals[0] + 0.3, evals
+    train = RunLog(tmp_path).records("train")
+    assert train[-1]["reward_mean"] > train[0]["reward_mean"]
+
+
+@pytest.mark.parametrize("noise", ["iid", "correlated"])
+def test_replay_from_log_reproduces_final_checkpoint(tmp_path, noise):
+    run_dir = tmp_path / "run"
+    run_es(make_cfg([f"es.noise={noise}", "es.antithetic=true", "es.decay=0.1", "eval.kl_samples=0"]), run_dir)
+    replay_main([str(run_dir), "--out", str(tmp_path / "replayed")])
+    assert_same_weights(load_file(tmp_path / "replayed" / "model.safetensors"), final_weights(run_dir))
+    replay_main([str(run_dir), "--out", str(tmp_path / "half"), "--generations", "2"])
+    half = load_file(tmp_path / "half" / "model.safetensors")
+    assert any(not torch.equal(half[k], v) for k, v in final_weights(run_dir).items())
+
+
+def _cli(run_root: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "es_repro", *TINY, f"out_root={run_root}", *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    extra = ["es.generations=60", "checkpoint_every=7", "eval.kl_samples=0", "task.train_size=8"]
+    ref_root, killed_root = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cli(ref_root, extra), check=True, capture_output=True, timeout=600, cwd=REPO)
+    (ref_dir,) = [p for p in (ref_root / "default").iterdir()]
+
+    proc = subprocess.Popen(_cli(killed_root, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    metrics = killed_root / "default" / ref_dir.name / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once a few generations past the first checkpoint are logged
+        if metrics.is_file() and sum(1 for line in metrics.open() if '"train"' in line) >= 10:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_dir = metrics.parent
+    logged = len(RunLog(killed_dir).records("train"))
+    assert 10 <= logged < 60, "the run must be killed mid-way for this test to mean anything"
+    assert json.loads((killed_dir / "run.json").read_text())["status"] == "running"
+
+    subprocess.run(_cli(killed_root, extra), check=True, capture_output=True, timeout=600, cwd=REPO)
+    assert_same_weights(final_weights(killed_dir), final_weights(ref_dir))
+    train = RunLog(killed_dir).records("train")
+    assert [r["generation"] for r in train] == list(range(1, 61))
+    ref_train = RunLog(ref_dir).records("train")
+    assert [r["rewards"] for r in train] == [r["rewards"] for r in ref_train]
+    assert RunLog(killed_dir).info()["launches"] == 2
+
+
+@pytest.mark.slow
+def test_local_multirun_gives_one_finished_run_per_config(tmp_path):
+    cmd = [sys.executable, "-m", "es_repro", "-m", *TINY, "es.generations=2", "eval.kl_samples=0", "seed=0,1",
+           f"out_root={tmp_path}"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600, cwd=REPO)
+    runs = sorted(p.name for p in (tmp_path / "default").iterdir() if (p / "run.json").is_file())
+    assert len(runs) == 2 and all("seed=0" in r or "seed=1" in r for r in runs)
+    seeds = [RunLog(tmp_path / "default" / r).records("train")[0]["seeds"] for r in runs]
+    assert seeds[0] != seeds[1]  # the run seed drives the member seeds
+    assert all(RunLog(tmp_path / "default" / r).is_finished() for r in runs)
+
+
+@pytest.mark.slow
+def test_wandb_offline_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_es(make_cfg(["logger=wandb_offline", "es.generations=2", "eval.kl_samples=0"]), tmp_path)
+    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    assert len(RunLog(tmp_path).records("train")) == 2  # the JSONL log stays the source of truth

@@ -5,9 +5,10 @@ fresh pool and prints jobs per second, including the pool's start-up separately.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from es_repro.sandbox import SandboxPool, sandbox_limits
+from es_repro.sandbox import ISOLATIONS, SandboxPool, SandboxRefused, sandbox_limits
 
 ANSWERS = ["\\frac{1}{2}", "0.5", "2\\sqrt{2}", "x^2+1", "[0, 1)", "\\{1, 2\\}", "3\\pi", "7", "-4", "\\frac{3}{8}"]
 
@@ -24,9 +25,14 @@ def main() -> None:
     parser.add_argument("--kind", choices=("math", "arc"), default="math")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="auto")
     args = parser.parse_args()
     start = time.perf_counter()
-    pool = SandboxPool(sandbox_limits({"workers": args.workers}), [{"math": True}] if args.kind == "math" else [{"import": "numpy"}])
+    warm = [{"math": True}] if args.kind == "math" else [{"import": "numpy"}]
+    try:
+        pool = SandboxPool(sandbox_limits({"workers": args.workers, "isolation": args.isolation}), warm)
+    except SandboxRefused as err:
+        sys.exit(f"[bench] {err}")
     started = time.perf_counter()
     results = pool.run(jobs(args.kind, args.n))
     elapsed = time.perf_counter() - started

@@ -17,7 +17,7 @@ class SandboxLimits:
     open_files: int = 64  # RLIMIT_NOFILE
     output_kb: int = 256  # largest result a job may return; stdout/stderr go to /dev/null
     workers: int = 2  # warm worker processes scoring in parallel
-    isolation: str = "auto"  # auto: the strongest that works here (bwrap > unshare > none) | bwrap | unshare | none
+    isolation: str = "auto"  # auto: bwrap, else unshare, else refuse (docs/sandbox.md) | bwrap | unshare | none
 
     def job_limits(self) -> dict:
         return {k: getattr(self, k) for k in ("timeout_s", "cpu_s", "memory_mb", "file_mb", "processes",

@@ -4,15 +4,23 @@ SandboxPool.run(jobs) sends jobs to the workers in parallel (one thread per work
 pipe) and returns one JobResult per job, in order. A job that fails in any way (exception, timeout, a limit,
 oversized result, the worker dying) comes back with ok=False and the caller scores 0; a worker that stops
 answering is killed with its whole process tree and restarted on its next job.
+
+Before any job, a probe job checks what a job can actually do at the chosen level (write to each world-writable
+place, $HOME, the checkout and the training process's cwd; reach the training process's network port; see that
+process or read its environment). A namespace level that allows any of it is not used, and ``isolation=auto``
+never falls back to ``none``: SandboxRefused says, in one line, what to install or how to accept ``none``.
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -22,6 +30,7 @@ from typing import Any
 
 from es_repro.sandbox import launch
 from es_repro.sandbox.limits import SandboxLimits
+from es_repro.sandbox.launch import PACKAGE
 
 START_TIMEOUT_S = 120.0  # worker start-up (imports and warm-up); generous for a loaded machine
 REPLY_MARGIN_S = 3.0  # past a job's own wall clock before the worker itself is presumed stuck
@@ -43,6 +52,10 @@ class WorkerError(RuntimeError):
     """A worker could not start (the message carries its stderr)."""
 
 
+class SandboxRefused(RuntimeError):
+    """No level that keeps the host's files unwritten works here, and none was asked for (one-line message)."""
+
+
 class Worker:
     """One warm worker process and its empty host working directory."""
 
@@ -57,13 +70,13 @@ class Worker:
     def start(self) -> None:
         self.host_work = tempfile.mkdtemp(prefix="es-sandbox-")
         os.chmod(self.host_work, 0o711)  # a job uid may enter its own job directory, not list the others
-        argv, _, work = launch.worker_command(self.level, self.host_work)
+        argv, _, work, confine = launch.worker_command(self.level, self.host_work)
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=dict(launch.WORKER_ENV), cwd=self.host_work, close_fds=True,
                                      start_new_session=True)
         self._buffer = b""
-        config = {"job_uid": self.uid, "work_root": work, "warm": self.warm}
+        config = {"job_uid": self.uid, "work_root": work, "warm": self.warm, "confine": confine}
         try:
             self.proc.stdin.write(json.dumps(config).encode() + b"\n")
             self.proc.stdin.flush()
@@ -139,6 +152,72 @@ class Worker:
         return parse_reply(line)
 
 
+def refusal(isolation: str, reasons: dict[str, str]) -> str:
+    tried = "; ".join(f"{level}: {reason}" for level, reason in reasons.items())
+    return (f"task.options.sandbox.isolation={isolation}: no isolation level that keeps model-written code from "
+            f"writing the host's files works here ({tried}). Install bubblewrap (apt-get install bubblewrap), or "
+            f"accept the weaker level explicitly with task.options.sandbox.isolation=none (jobs can then write "
+            f"world-writable places such as /tmp and reach the network; run.json records a warning)")
+
+
+def probe_places() -> dict[str, tuple[str, str]]:
+    """{label: (a directory as a job names it, the same directory on the host)} for the probe's writes."""
+    cwd, home = os.getcwd(), os.path.expanduser("~")
+    places = {p: (p, p) for p in launch.world_writable_places()}
+    places.update({"$HOME": (home, home), "checkout": (str(PACKAGE.parent),) * 2, "cwd": (cwd, cwd),
+                   "/proc/<training pid>/cwd": (f"/proc/{os.getpid()}/cwd", cwd)})
+    return places
+
+
+def run_probe(worker: Worker) -> dict:
+    """Run the probe job on ``worker``; its record with, per place, where the write landed: "host" (a file
+    appeared on the host; removed here), "private" (the job wrote somewhere the host does not see) or the
+    error the job got (EROFS, EACCES, ENOENT, ...). Raises WorkerError if the probe job itself failed."""
+    places = probe_places()
+    token = secrets.token_hex(6)
+    names = {label: f".es-sandbox-probe-{token}-{i}" for i, label in enumerate(places)}  # cwd is two places
+    files = {label: (os.path.join(job, names[label]), os.path.join(host, names[label]))
+             for label, (job, host) in places.items()}
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    with open("/proc/self/environ", "rb") as f:
+        environ_sha256 = hashlib.sha256(f.read()).hexdigest()
+    training = {"pid": os.getpid(), "starttime": int(stat[stat.rindex(b")") + 2:].split()[19]),
+                "environ_sha256": environ_sha256}
+    with socket.socket() as server:  # listening, never accepted: a connection completes in the backlog
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        args = {"files": {label: job for label, (job, _) in files.items()}, "port": server.getsockname()[1],
+                "training": training}
+        try:
+            result = worker.call("probe", args)
+        finally:
+            landed = {label for label, (_, host) in files.items() if os.path.lexists(host)}
+            for label in landed:
+                os.unlink(files[label][1])  # nothing of the probe stays on the host
+    if not result.ok:
+        raise WorkerError(f"sandbox worker ({worker.level}): the probe job failed: {result.status}")
+    probe = dict(result.value)
+    probe["writes"] = {label: "host" if label in landed else "private" if outcome == "written" else outcome
+                       for label, outcome in probe["writes"].items()}
+    return probe
+
+
+def leaks(probe: dict) -> list[str]:
+    """What a probe job could do that a namespace level must prevent, in words (empty: nothing)."""
+    written = [label for label, where in probe["writes"].items() if where == "host"]
+    found = [f"wrote to {', '.join(written)} on the host"] if written else []
+    if probe["network"] == "reached":
+        found.append("reached the training process's network port")
+    if probe["interfaces"] != ["lo"]:
+        found.append(f"saw network interfaces {probe['interfaces']}")
+    if probe["training_process_visible"]:
+        found.append("saw the training process")
+    if probe["training_environ"] == "read":
+        found.append("read the training process's environment")
+    return found
+
+
 def parse_reply(line: bytes) -> JobResult:
     """The worker's reply -> JobResult. The result text came from the job child: untrusted, size-capped JSON."""
     reply = json.loads(line)
@@ -166,25 +245,35 @@ class SandboxPool:
     def __init__(self, limits: SandboxLimits, warm: list[dict] | tuple = ()):
         self.limits, self.warm = limits, list(warm)
         self._lock = threading.Lock()
-        levels = [l for l in launch.LEVELS if launch.available(l)] if limits.isolation == "auto" else [limits.isolation]
-        errors = []
+        # auto: the namespace levels only; none runs only when asked for by name
+        levels = ["bwrap", "unshare"] if limits.isolation == "auto" else [limits.isolation]
+        reasons = {}
         for level in levels:
+            if not launch.available(level):
+                reasons[level] = "not installed"
+                continue
             first = Worker(level, 0, limits, self.warm)
             try:
                 first.start()
-                probe = first.call("probe", {})
+                probe = run_probe(first)
             except WorkerError as err:
-                errors.append(str(err))
-                continue
-            if not probe.ok or (level != "none" and probe.value["interfaces"] != ["lo"]):
                 first.stop()
-                errors.append(f"{level}: probe failed ({probe.status}, {probe.value})")
+                reasons[level] = str(err).strip().splitlines()[-1][:300]  # the error line of the worker's stderr
+                continue
+            leaked = leaks(probe)
+            if level != "none" and leaked:
+                first.stop()
+                reasons[level] = "a probe job " + ", ".join(leaked)
                 continue
             self.level = level
-            self.isolation = {**launch.describe(level, first.uid), "probe": probe.value}
+            self.isolation = {**launch.describe(level, first.uid), "probe": probe}
+            if level == "none":
+                found = f"; a probe job {', '.join(leaked)}" if leaked else ""
+                self.isolation["warning"] = ("isolation=none (asked for in task.options.sandbox.isolation): jobs run "
+                                             f"without namespaces{found}")
             break
         else:
-            raise WorkerError(f"no sandbox isolation level works (tried {', '.join(levels)}): " + " | ".join(errors))
+            raise SandboxRefused(refusal(limits.isolation, reasons))
         self.workers = [first] + [Worker(self.level, i, limits, self.warm) for i in range(1, limits.workers)]
         starting = [threading.Thread(target=w.start, daemon=True) for w in self.workers[1:]]  # warm-ups overlap
         for t in starting:
@@ -200,8 +289,7 @@ class SandboxPool:
                   f"{self.isolation['network']}; files: {self.isolation['filesystem']}; jobs run as "
                   f"{self.isolation['job_uid']}", flush=True)
             if self.level == "none":
-                print("[sandbox] WARNING: no namespace isolation available (install bubblewrap); model-written "
-                      "code can reach the network and the host file system", flush=True)
+                print(f"[sandbox] WARNING: {self.isolation['warning']}", flush=True)
         atexit.register(self.close)
 
     def run(self, jobs: list[tuple[str, dict]]) -> list[JobResult]:

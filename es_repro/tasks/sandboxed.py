@@ -10,7 +10,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from es_repro.sandbox import JobResult, SandboxLimits, SandboxPool, sandbox_limits
+from es_repro.run.errors import ConfigError
+from es_repro.sandbox import JobResult, SandboxLimits, SandboxPool, SandboxRefused, sandbox_limits
 
 _POOLS: dict[str, SandboxPool] = {}
 
@@ -18,7 +19,10 @@ _POOLS: dict[str, SandboxPool] = {}
 def shared_pool(limits: SandboxLimits, warm: list[dict]) -> SandboxPool:
     key = json.dumps([repr(limits), warm], sort_keys=True)
     if key not in _POOLS:
-        _POOLS[key] = SandboxPool(limits, warm)
+        try:
+            _POOLS[key] = SandboxPool(limits, warm)
+        except SandboxRefused as err:  # a config error: one line from the command line, before any model code
+            raise ConfigError(str(err)) from None
     return _POOLS[key]
 
 

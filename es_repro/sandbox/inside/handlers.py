@@ -5,7 +5,7 @@ warm(specs) runs once in the worker before any fork, so imports and expensive se
   {"math": true}                               import math-verify and parse/verify once
   {"rg": "n_queens", "config": {...}}          build a reasoning-gym dataset object (its score_answer is used)
 run(name, args) -> JSON-able value:
-  probe   what the job sees: uid, pid, network interfaces, visible home, env keys (the isolation record)
+  probe   what a job can do: write where, connect to the host, see the training process and read its environment
   arc     exec a program, call its transform(grid) on each input grid; grids out (or None per failed grid)
   math    math-verify: is the answer equivalent to the gold answer (both LaTeX, boxed content)?
   rg      a reasoning-gym dataset's score_answer(answer, entry)
@@ -13,9 +13,14 @@ Scores that compare against hidden references (ARC test outputs) are computed by
 """
 from __future__ import annotations
 
+# Imported before any fork: a job's uid may not be able to read the standard library's files (a Python under
+# /root), so whatever a job needs must already be loaded. encodings.idna: socket encodes host names with it.
+import encodings.idna  # noqa: F401
+import errno
+import hashlib
 import importlib
 import os
-import socket  # imported before any fork: a job's uid may not be able to read the standard library's files
+import socket
 from typing import Any
 
 _DATASETS: dict[str, Any] = {}
@@ -52,14 +57,42 @@ def run(name: str, args: dict) -> Any:
     return {"probe": probe, "arc": arc, "math": math_job, "rg": rg}[name](**args)
 
 
-def probe() -> dict:
-    home_visible = None
+def probe(files: dict[str, str], port: int, training: dict) -> dict:
+    """What a job can actually do, for the isolation record (the pool checks on the host which writes landed).
+    files: {label: a new file to try creating}; port: a TCP port the training process listens on at 127.0.0.1;
+    training: its pid, start time (/proc/<pid>/stat field 22) and the sha256 of its environment."""
+    writes = {}
+    for label, path in files.items():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            writes[label] = "written"
+        except OSError as err:
+            writes[label] = errno_name(err)
     try:
-        home_visible = sorted(os.listdir("/root"))[:20]
-    except OSError:
-        pass
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        network = "reached"
+    except OSError as err:
+        network = errno_name(err)
+    pid = training["pid"]
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # the same pid number may be another process in a pid namespace
+            stat = f.read()
+        visible = stat[stat.rindex(b")") + 2:].split()[19].decode() == str(training["starttime"])
+    except (OSError, ValueError, IndexError):
+        visible = False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = "read" if hashlib.sha256(f.read()).hexdigest() == training["environ_sha256"] else "other"
+    except OSError as err:
+        environ = errno_name(err)
     return {"uid": os.getuid(), "pid": os.getpid(), "interfaces": [n for _, n in socket.if_nameindex()],
-            "env": sorted(os.environ), "cwd": os.getcwd(), "root_dir": home_visible}
+            "env": sorted(os.environ), "cwd": os.getcwd(), "writes": writes, "network": network,
+            "processes_visible": sum(name.isdigit() for name in os.listdir("/proc")),
+            "training_process_visible": visible, "training_environ": environ}
+
+
+def errno_name(err: OSError) -> str:
+    return errno.errorcode.get(err.errno, str(err.errno)) if err.errno else type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------------- ARC

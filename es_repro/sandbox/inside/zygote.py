@@ -7,11 +7,13 @@ fresh child per job means no job can leave state (monkeypatched checkers, thread
 A job child: new session, stdin/stdout/stderr on /dev/null, every other fd closed but its result pipe,
 rlimits (CPU, address space, file size, processes, open files, no core), no_new_privs, and - when the worker
 runs as root - a uid of its own (``job_uid``), so it can neither signal nor trace this process and its process
-count is its own. After each job everything left of it is killed (see ``_kill_leftovers``) and its working
-directory removed.
+count is its own; without a job uid (a user namespace's root) it keeps the uid but loses every capability.
+After each job everything left of it is killed (see ``_kill_leftovers``) and the work root emptied (its
+directory, and anything a job running as this process's uid put next to it).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -24,9 +26,9 @@ import signal
 import sys
 import time
 
-from . import handlers
+from . import confine, handlers
 
-PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 36, 38, 24
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -41,6 +43,8 @@ def _vm_bytes() -> int:
 
 class Zygote:
     def __init__(self, config: dict):
+        if config.get("confine"):  # the unshare level: before warm-up and any job (confine.py)
+            confine.apply(**config["confine"])
         self.job_uid = config.get("job_uid")  # None: jobs keep this process's uid (not root)
         self.work_root = config["work_root"]
         self.count = 0
@@ -71,7 +75,13 @@ class Zygote:
         finally:
             os.close(read_fd)
             self._kill_leftovers(pid)
-            shutil.rmtree(workdir, ignore_errors=True)
+            for name in os.listdir(self.work_root):  # the job's dir, and anything a job that shares this
+                path = os.path.join(self.work_root, name)  # process's uid (no root) put next to it
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
         return {"status": status, "result": data.decode("utf-8", "replace") if status == "ok" else "",
                 "seconds": round(time.monotonic() - start, 4)}
 
@@ -92,6 +102,8 @@ class Zygote:
                 os.setgroups([])
                 os.setresgid(self.job_uid, self.job_uid, self.job_uid)
                 os.setresuid(self.job_uid, self.job_uid, self.job_uid)  # drops every capability too
+            else:
+                _drop_capabilities()  # root of a user namespace could otherwise remount the host's files writable
             os.chdir(workdir)
             os.environ.clear()
             os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
@@ -171,6 +183,26 @@ class Zygote:
                 except (ProcessLookupError, PermissionError):
                     pass
             time.sleep(0.001)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+def _drop_capabilities() -> None:
+    """Empty this process's capability sets and bounding set (so no exec can bring them back). Nothing to do
+    for an ordinary user; fails loudly (the job then scores 0) if capabilities are held and cannot be dropped."""
+    with open("/proc/self/status") as f:
+        held = any(line.startswith(("CapEff:", "CapPrm:")) and int(line.split()[1], 16) for line in f)
+    if not held:
+        return
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    data = (ctypes.c_uint32 * 6)()  # two (effective, permitted, inheritable) triples, all empty
+    if _libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), data) != 0:  # _LINUX_CAPABILITY_VERSION_3
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def _descendants(root: int) -> list[int]:

@@ -1,39 +1,69 @@
 #!/usr/bin/env bash
-# The GPU check (issue 12): one command, under 8 minutes on one GPU. Runs the gpu-marked tests (exact restore, noise
-# and update on CUDA, pinned CPU master, compiled == eager decode, the roofline against a real generation; vLLM ==
-# HF when vLLM is importable) and the GPU benchmark rows, and writes a Markdown report under results/bench/.
+# The GPU check: one device call, about 6 minutes on one H200, leaving time in a 15-minute budget for a rerun.
+#   1. preflight: the carried wheels installed where the image lacks them, then every import the check needs,
+#      so a missing module stops the script in seconds, not after the benchmark;
+#   2. the device's facts and noise fingerprints (python -m es_repro.es.fingerprint): the noise a seed draws
+#      depends on the GPU model (docs/slurm.md);
+#   3. the gpu-marked tests only (tests/engines/test_gpu.py: exact restore and update on CUDA, pinned CPU master,
+#      compiled == eager decode, the roofline against a real generation);
+#   4. the benchmark rows, sized to fit: the Qwen2.5-1.5B shape with random weights, default and compiled, then
+#      two members in flight.
+# A Markdown report goes under OUT_DIR (default results/bench) and to stdout.
 #   scripts/gpu_wheels.sh            # once, on a machine with PyPI (a bare GPU image has no network)
-#   scripts/gpu_check.sh [OUT_DIR]   # on the GPU machine; default OUT_DIR: results/bench
+#   scripts/gpu_check.sh [OUT_DIR]   # on the GPU machine
+#   GPU_CHECK_DRY=1 scripts/gpu_check.sh OUT_DIR   # the same steps on CPU with a tiny model (CI runs this)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/bench}
+dry=${GPU_CHECK_DRY:-0}
 mkdir -p "$out"
-report="$out/gpu_check_$(date -u +%Y%m%d_%H%M).md"
+report="$out/gpu_check_$(date -u +%Y%m%d_%H%M%S)$([[ $dry == 1 ]] && echo _dry).md"
 export PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
-# Missing pure-Python dependencies from the carried wheels; torch and transformers stay the image's own.
-for mod in hydra omegaconf antlr4 submitit cloudpickle; do
-    python -c "import $mod" 2>/dev/null || pip install -q --no-index --no-deps .gpu-wheels/*.whl 2>&1 | tail -2
-done
+section() { printf '\n## %s\n\n```\n' "$1" >> "$report"; }
+end() { echo '```' >> "$report"; }
+
+# 1. preflight ---------------------------------------------------------------------------------------------------
+if ! python -c "import hydra, omegaconf, submitit, pytest" 2>/dev/null && ls .gpu-wheels/*.whl >/dev/null 2>&1; then
+    pip install -q --no-index --no-deps .gpu-wheels/*.whl 2>&1 | tail -2  # torch, transformers: the image's own
+fi
+if ! python -c "import es_repro.cli, es_repro.bench.throughput, es_repro.es.fingerprint, pytest, tests.helpers"; then
+    echo "gpu_check: an import failed (above); on a bare image run scripts/gpu_wheels.sh where PyPI is reachable" \
+         "and carry .gpu-wheels/" >&2
+    exit 2
+fi
+if [[ $dry == 1 ]]; then
+    bench=(--model tiny-random --device cpu --dtype float32 --population 4 --prompts 2 --max-new-tokens 4
+           --batch-size 2 --task synthetic)
+    modes=default
+else
+    bench=(--model qwen2.5-1.5b-random --device cuda --dtype bfloat16 --population 30 --prompts 128
+           --prompt-tokens 140 --max-new-tokens 256 --force-tokens --batch-size 128)
+    modes=default,compiled
+fi
 {
-    echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "# GPU check$([[ $dry == 1 ]] && echo ' (dry run on CPU)'), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo; echo '```'
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
     python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"
-    python -c "import vllm; print('vllm', vllm.__version__)" 2>/dev/null || echo "vllm: not importable (vLLM rows and tests skipped)"
-    echo '```'; echo; echo "## gpu-marked tests"; echo; echo '```'
+    python -c "import vllm; print('vllm', vllm.__version__)" 2>/dev/null || echo "vllm: not importable"
+    echo '```'
 } > "$report"
-timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -25 >> "$report"
-echo '```' >> "$report"
-echo; echo "## Benchmark: Qwen2.5-1.5B shape (random weights), N=30, 200 prompts of 140 tokens, 1024 tokens forced" >> "$report"
-echo '```' >> "$report"
-timeout 330 python -m es_repro.bench --model qwen2.5-1.5b-random --device cuda --dtype bfloat16 --population 30 \
-    --prompts 200 --prompt-tokens 140 --max-new-tokens 1024 --force-tokens --batch-size 200 --timed-members 1 \
-    --modes default,compiled 2>&1 | grep -v Warning | tail -12 >> "$report"
-echo '```' >> "$report"
-echo; echo "## Members in flight: 2 processes on the GPU, same setting (compare with the default row above)" >> "$report"
-echo '```' >> "$report"
-timeout 180 python -m es_repro.bench --model qwen2.5-1.5b-random --device cuda --dtype bfloat16 --population 30 \
-    --prompts 200 --prompt-tokens 140 --max-new-tokens 1024 --force-tokens --batch-size 200 --timed-members 2 \
-    --modes inflight --inflight 2 2>&1 | grep -v Warning | tail -6 >> "$report"
-echo '```' >> "$report"
+
+# 2. device facts and noise fingerprints --------------------------------------------------------------------------
+section "Device and noise fingerprints"
+timeout 60 python -m es_repro.es.fingerprint >> "$report" 2>&1
+end
+
+# 3. gpu-marked tests ----------------------------------------------------------------------------------------------
+section "gpu-marked tests (tests/engines/test_gpu.py)"
+timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/engines/test_gpu.py 2>&1 | tail -15 >> "$report"
+end
+
+# 4. benchmark rows ------------------------------------------------------------------------------------------------
+section "Benchmark: ${bench[*]} (modes $modes)"
+timeout 120 python -m es_repro.bench "${bench[@]}" --timed-members 1 --modes "$modes" 2>&1 | grep -v Warning | tail -12 >> "$report"
+end
+section "Members in flight: 2 processes on the device, same setting (compare with the default row above)"
+timeout 90 python -m es_repro.bench "${bench[@]}" --timed-members 2 --modes inflight --inflight 2 2>&1 | grep -v Warning | tail -6 >> "$report"
+end
 cat "$report"

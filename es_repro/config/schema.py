@@ -77,6 +77,7 @@ class ESConfig:
     prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
     lowrank: int = 0  # 0: full-rank noise (the paper) | r > 0: opt-in population-batched rank-r perturbations (es_repro/engines/lowrank.py)
     members_per_forward: int = 8  # lowrank only: members that share one batched generate call
+    allow_noise_change: bool = False  # resume where the same seeds draw other noise (another GPU model; es_repro/es/fingerprint.py)
     qes: QESConfig = field(default_factory=QESConfig)  # es.update=qes settings (sigma, alpha in code units)
 
 

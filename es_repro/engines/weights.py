@@ -17,7 +17,7 @@ from es_repro.engines.master import Master
 from es_repro.es.update_rules import SGD
 
 
-def _master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
+def master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
     """The fp32 master of one parameter: beside it (auto), or in pinned CPU memory (cpu: a 7B/8B model's 28-32 GB
     master does not fit beside the model, the base model and the KV cache on an 80 GB GPU)."""
     if master_device == "auto" or p.device.type == master_device:
@@ -45,7 +45,7 @@ class ESWeights(Master):
         for p in self.params:
             p.requires_grad_(False)
         self._kept: tuple[int, list[torch.Tensor]] | None = None  # (seed, noise) held by perturb(keep_noise=True)
-        super().__init__([n for n, _ in named], [_master_copy(p, master_device) for p in self.params], self.params,
+        super().__init__([n for n, _ in named], [master_copy(p, master_device) for p in self.params], self.params,
                          noise_mode, noise_dtype, rule)
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from es_repro.run import distributed
 
-from es_repro.es import strategy as es
+from es_repro.es import fingerprint, strategy as es
 
 from es_repro.run import lifecycle
 from es_repro.engines.base import build_backend
@@ -37,12 +37,17 @@ def run_es(cfg: RunConfig, run_dir: Path) -> dict:
         return summary
     bars = bars_wanted(cfg, is_main)  # before the model loads: its loading bar too
     with lifecycle.managed(log, writer=is_main):
+        # before the model loads, and before resume: replay draws the logged members' noise, which must be the
+        # noise they were trained with, on every process
+        noise = fingerprint.agreed_noise(cfg, log.info().get("noise"),
+                                         distributed.all_gather_objects(fingerprint.this_process(cfg)))
         task = task_from_config(cfg.task)
         backend = build_backend(cfg, task)
         check_prompt_lengths(task, backend, cfg)
         state = resume(log.dir, backend, log)
         if is_main:
-            lifecycle.start(cfg, log, kind="es", task_info=task.info, backend_info=backend.describe())
+            lifecycle.start(cfg, log, kind="es", task_info=task.info, backend_info=backend.describe(),
+                            noise_info=noise)
         return _generations(cfg, log, task, backend, state, is_main, bars)
 
 

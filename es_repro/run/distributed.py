@@ -9,7 +9,10 @@ Launch:
 - one process: nothing to do (WORLD_SIZE unset or 1; every helper below degrades to a no-op);
 - torchrun: `torchrun --nproc_per_node=2 -m es_repro ...` sets RANK/WORLD_SIZE/MASTER_ADDR/...;
 - submitit (hydra/launcher=slurm_*): each SLURM task exports the same variables from its job environment
-  (submitit.helpers.TorchDistributedEnvironment), so `tasks_per_node` x `nodes` processes join one group.
+  (submitit.helpers.TorchDistributedEnvironment), so `tasks_per_node` x `nodes` processes join one group;
+- plain `srun python -m es_repro ...` in an allocation of several tasks: the ranks come from SLURM_PROCID,
+  SLURM_NTASKS, SLURM_LOCALID and the rendezvous from the job's first node (slurm_env). Across nodes gloo picks
+  a network interface by the host name; where that resolves to the wrong one, name it: GLOO_SOCKET_IFNAME=ib0.
 
 The group uses gloo even on GPUs: a generation sends N floats, so NCCL would buy nothing, and gloo works on
 CPU-only test machines and across nodes alike. Each CUDA process binds the devices of its local rank
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -41,6 +44,49 @@ def _export_submitit_env() -> None:
         # overwrite: sbatch copies the submitting shell's environment, which may carry stale RANK/WORLD_SIZE.
         # CUDA_VISIBLE_DEVICES is left to SLURM; init() binds cuda:LOCAL_RANK instead.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def slurm_env(env: dict) -> dict:
+    """torch.distributed's variables for one task of a plain srun step of several tasks, from SLURM's own; {} when
+    another launcher already set RANK, outside an srun step (a batch script's own shell is no task of a group),
+    or for a step of one task."""
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return {}
+    per_node = expand_tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env["SLURM_STEP_NUM_TASKS"]))
+    node = int(env.get("SLURM_NODEID", "0"))
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node[min(node, len(per_node) - 1)]),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env.get("SLURM_STEP_NODELIST", "localhost")),
+            # one port per job and step, so two steps sharing a first node do not meet at one rendezvous
+            "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + (int(env.get("SLURM_JOB_ID", "0")) * 7
+                                                                 + int(env.get("SLURM_STEP_ID", "0"))) % 20000)}
+
+
+def expand_tasks_per_node(spec: str) -> list[int]:
+    """SLURM_STEP_TASKS_PER_NODE ("2(x3),1") as one count per node ([2, 2, 2, 1])."""
+    out = []
+    for part in spec.split(","):
+        count, _, times = part.partition("(x")
+        out += [int(count)] * (int(times.rstrip(")")) if times else 1)
+    return out
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[07-09,12],cpu1" -> "gpu07")."""
+    depth = 0
+    for i, char in enumerate(nodelist):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            nodelist = nodelist[:i]
+            break
+    if "[" not in nodelist:
+        return nodelist
+    prefix, ranges = nodelist.split("[", 1)
+    return prefix + ranges.split(",")[0].split("-")[0].rstrip("]")
+
+
+def _export_slurm_env() -> None:
+    os.environ.update(slurm_env(dict(os.environ)))
 
 
 def device_group(local_rank: int, local_world: int, device_count: int, per_process: int = 1) -> tuple[list[int], int]:
@@ -68,6 +114,48 @@ def local_device_group(per_process: int = 1) -> tuple[list[int], int]:
     return device_group(local_rank, local_world, torch.cuda.device_count(), per_process)
 
 
+def device_ids(devices: list[int]) -> tuple[str, ...]:
+    """Identities of this process's devices that mean the same in every process (CUDA_VISIBLE_DEVICES renumbers
+    GPUs per process: SLURM's --gpus-per-task gives each task a "GPU 0"); ("cpu",) on a CPU machine, where the node
+    counts as one device."""
+    if not devices:
+        return ("cpu",)
+    return tuple(str(torch.cuda.get_device_properties(d).uuid) for d in devices)
+
+
+def sharing(facts: Sequence[tuple], rank: int) -> tuple[int, int]:
+    """(rank's turn among the processes on the same devices, how many there are), from every rank's
+    (host, device ids)."""
+    peers = [r for r, f in enumerate(facts) if tuple(f) == tuple(facts[rank])]
+    return peers.index(rank), len(peers)
+
+
+def placement(per_process: int = 1) -> tuple[list[int], int, int, int]:
+    """(this process's devices, its turn among the processes sharing them, how many share them, the turns any
+    group needs). With a process group the sharing is counted from every rank's (host, device ids), not from
+    local ranks: with one GPU per SLURM task every process sees "GPU 0", yet none shares it."""
+    devices, local_sharing = local_device_group(per_process)
+    if not active():
+        return devices, 0, local_sharing, 1
+    import socket
+
+    facts = all_gather_objects((socket.gethostname(), device_ids(devices)))
+    turn, count = sharing(facts, rank())
+    return devices, turn, count, max(sharing(facts, r)[1] for r in range(len(facts)))
+
+
+def in_turns(turn: int, turns: int, start: Callable[[], T]) -> T | None:
+    """start() in this process's turn, every process stepping through ``turns`` barriers: engines that share a GPU
+    start one after another (vLLM sizes its KV cache from the memory free while it profiles; an engine starting
+    beside it would be charged to it, or make the profile fail)."""
+    result = None
+    for step in range(turns):
+        if step == turn:
+            result = start()
+        barrier()
+    return result
+
+
 def init(devices_per_process: int = 1) -> bool:
     """Join the process group described by the environment; False (and no group) for a single process.
     On CUDA, bind the first device of this process's group (device_group).
@@ -75,6 +163,7 @@ def init(devices_per_process: int = 1) -> bool:
     Safe to call again (a multirun in one process): the group is created once.
     """
     _export_submitit_env()
+    _export_slurm_env()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
@@ -124,6 +213,15 @@ def all_gather_floats(values: Sequence[float]) -> list[list[float]]:
     gathered = [torch.empty(width, dtype=torch.float64) for _ in range(world)]
     dist.all_gather(gathered, mine)
     return [g[: int(c)].tolist() for g, c in zip(gathered, counts)]
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every process's picklable ``obj`` (e.g. a dict of device facts), indexed by rank."""
+    if not active():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def unshard(per_rank: list[list[T]], n: int) -> list[T]:

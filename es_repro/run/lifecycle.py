@@ -20,12 +20,13 @@ def finished_summary(log: RunLog) -> dict | None:
     return log.info().get("summary", {})
 
 
-def start(cfg, log: RunLog, kind: str, task_info: dict | None = None, backend_info: dict | None = None) -> None:
+def start(cfg, log: RunLog, kind: str, task_info: dict | None = None, backend_info: dict | None = None,
+          noise_info: dict | None = None) -> None:
     """run.json (status running, config, commit, host; what the task reports about itself, e.g. the reward
-    sandbox's isolation, under "task_info"; what the backend reports, e.g. its forward path, under "backend") and
-    the wandb mirror when enabled."""
+    sandbox's isolation, under "task_info"; what the backend reports, e.g. its forward path, under "backend"; the
+    noise fingerprint and device facts under "noise", es_repro/es/fingerprint.py) and the wandb mirror."""
     config = asdict(cfg)
-    extra = {k: v for k, v in (("task_info", task_info), ("backend", backend_info)) if v}
+    extra = {k: v for k, v in (("task_info", task_info), ("backend", backend_info), ("noise", noise_info)) if v}
     log.start(config, kind=kind, **extra)
     log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
                            f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)

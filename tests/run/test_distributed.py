@@ -140,3 +140,80 @@ def test_run_killed_in_one_process_resumes_in_two(tmp_path, reference):
     assert [r["generation"] for r in train] == list(range(1, 25))
     assert [r["processes"] for r in train] == [1] * logged + [2] * (24 - logged)
     assert RunLog(run_dir).info()["launches"] == 2
+
+
+SRUN_STEP = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+             "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242",
+             "SLURM_STEP_ID": "0"}
+
+
+def test_a_plain_srun_step_gives_the_ranks_and_the_rendezvous():
+    env = distributed.slurm_env(SRUN_STEP)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "gpu07"}
+    assert env["MASTER_PORT"] == str(20000 + (4242 * 7) % 20000)  # per job: two jobs on one node do not meet
+    assert distributed.slurm_env({**SRUN_STEP, "SLURM_STEP_ID": "1"})["MASTER_PORT"] != env["MASTER_PORT"]
+
+
+@pytest.mark.parametrize("env", [
+    {**SRUN_STEP, "RANK": "0"},                                  # torchrun or submitit already set the ranks
+    {k: v for k, v in SRUN_STEP.items() if not k.startswith("SLURM_STEP_")},  # a batch script's own shell
+    {**SRUN_STEP, "SLURM_STEP_NUM_TASKS": "1"},                  # a step of one task
+])
+def test_no_slurm_ranks_where_another_launcher_or_no_task_group_is(env):
+    assert distributed.slurm_env(env) == {}
+
+
+@pytest.mark.parametrize("nodelist,first", [("gpu[07-09,12],cpu1", "gpu07"), ("node1,node2", "node1"),
+                                            ("a[3]", "a3"), ("solo", "solo"), ("n[1-2],m[5-6]", "n1")])
+def test_first_host_of_a_node_list(nodelist, first):
+    assert distributed.first_host(nodelist) == first
+
+
+def test_tasks_per_node_expands_repeats():
+    assert distributed.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert distributed.expand_tasks_per_node("4") == [4]
+
+
+@pytest.mark.parametrize("facts, expected", [
+    # one GPU per SLURM task: every process sees "GPU 0", but the UUIDs differ: nobody shares
+    ([("n1", ("GPU-a",)), ("n1", ("GPU-b",)), ("n1", ("GPU-c",)), ("n1", ("GPU-d",))], [(0, 1)] * 4),
+    # 4 processes on a 2-GPU node: two engines per GPU, started in turns 0 and 1
+    ([("n1", ("GPU-a",)), ("n1", ("GPU-b",)), ("n1", ("GPU-a",)), ("n1", ("GPU-b",))], [(0, 2), (0, 2), (1, 2), (1, 2)]),
+    # two nodes, CPU stand-ins: the node is the device, shared by its processes only
+    ([("n1", ("cpu",)), ("n1", ("cpu",)), ("n2", ("cpu",)), ("n2", ("cpu",))], [(0, 2), (1, 2), (0, 2), (1, 2)]),
+    # tensor parallel groups of two GPUs, one process each
+    ([("n1", ("GPU-a", "GPU-b")), ("n1", ("GPU-c", "GPU-d"))], [(0, 1), (0, 1)]),
+])
+def test_sharing_is_counted_from_every_ranks_devices(facts, expected):
+    assert [distributed.sharing(facts, r) for r in range(len(facts))] == expected
+
+
+def _turns_worker(rank: int, port: int, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE="2")
+    distributed.init()
+    devices, turn, count, turns = distributed.placement()
+
+    def start():
+        t0 = time.monotonic()
+        time.sleep(0.5)  # an engine profiling the memory it may take
+        return (t0, time.monotonic())
+
+    span = distributed.in_turns(turn, turns, start)
+    out.joinpath(f"rank{rank}.txt").write_text(repr((devices, turn, count, turns, span)))
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_device_start_their_engines_one_after_another(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_turns_worker, args=(port, tmp_path), nprocs=2, join=True, start_method="spawn")
+    (dev0, turn0, count0, turns0, span0), (dev1, turn1, count1, turns1, span1) = (
+        eval(tmp_path.joinpath(f"rank{r}.txt").read_text()) for r in (0, 1))
+    assert (dev0, turn0, count0, turns0) == ([], 0, 2, 2) and (dev1, turn1, count1, turns1) == ([], 1, 2, 2)
+    assert span0[1] <= span1[0]  # rank 1's engine started after rank 0's had finished starting

@@ -167,6 +167,21 @@ def test_two_task_job_equals_single_process_run(slurm, tmp_path, reference):
     print(f"\n[slurm] 2-task job: {time.perf_counter() - t0:.1f}s wall")
 
 
+def test_a_plain_srun_of_two_tasks_equals_single_process_run(slurm, tmp_path, reference):
+    """No torchrun, no submitit: `srun -n 2 python -m es_repro ...` takes its ranks from SLURM_PROCID and
+    SLURM_STEP_NUM_TASKS (distributed.slurm_env); without them each task would train the whole run alone."""
+    env = {k: v for k, v in slurm.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = ["srun", "--ntasks=2", "--cpus-per-task=1", "--export=ALL,OMP_NUM_THREADS=1", sys.executable, "-m",
+           "es_repro", *TINY, *RUN, f"out_root={tmp_path}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run_dir,) = [p for p in (tmp_path / "default").iterdir() if p.is_dir()]
+    assert_same_final_weights(run_dir, reference)
+    train = RunLog(run_dir).records("train")
+    assert [r["generation"] for r in train] == list(range(1, G + 1)) and {r["processes"] for r in train} == {2}
+    assert RunLog(run_dir).info()["noise"]["ranks"][1]["fingerprint"] == RunLog(run_dir).info()["noise"]["fingerprint"]
+
+
 def _train_count(metrics: Path) -> int:
     """Complete train lines of metrics.jsonl (a torn last line is not counted, as resume drops it)."""
     if not metrics.is_file():

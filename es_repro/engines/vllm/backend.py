@@ -17,6 +17,7 @@ es_repro/run/distributed.py, so SLURM, resume and replay are unchanged. The driv
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,7 +80,7 @@ class VLLMBackend(Backend):
 
     def init_master(self, es_cfg, dtype: str, weight_write: str) -> None:
         self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
-                    float(es_cfg.decay), float(es_cfg.momentum), weight_write)
+                    float(es_cfg.decay), float(es_cfg.momentum), weight_write, es_cfg.master_device)
 
     # generation -----------------------------------------------------------------------------------------------
     def prompt_ids(self, rows: Sequence[Row]) -> list[list[int]]:
@@ -258,7 +259,7 @@ def max_model_len(cfg) -> int:
 
 def engine_args(cfg, model_dir: str, dtype: str, placement: tuple[list[int], int] = ([], 1)) -> dict:
     """vllm.LLM's keywords. placement = (this process's GPUs, processes sharing them), from
-    distributed.local_device_group: engines that share a GPU split generation.vllm.gpu_memory_utilization evenly,
+    distributed.placement: engines that share a GPU split generation.vllm.gpu_memory_utilization evenly,
     and an engine whose GPUs are not the first ones is placed with device_ids (vLLM's own placement; the engine
     would otherwise take GPU 0 whatever the process's rank)."""
     v = cfg.generation.vllm
@@ -287,9 +288,19 @@ def _check_placement(vllm, args: dict) -> None:
             "each process its own GPU through CUDA_VISIBLE_DEVICES (SLURM: --gpus-per-task=1)")
 
 
+def node_local_cache(env: dict) -> dict:
+    """VLLM_CACHE_ROOT on node-local disk unless it is set: vLLM's default (~/.cache/vllm) under a cluster's shared
+    home has every engine of every node writing the same compile-cache files."""
+    if env.get("VLLM_CACHE_ROOT"):
+        return {}
+    base = env.get("SLURM_TMPDIR") or env.get("TMPDIR") or "/tmp"
+    return {"VLLM_CACHE_ROOT": str(Path(base) / f"vllm-cache-{os.getuid()}")}
+
+
 def build(cfg, task: Task) -> VLLMBackend:
     """Engine first (vLLM sizes its memory from what is free at start), then the master on its workers."""
     require_vllm()
+    os.environ.update(node_local_cache(dict(os.environ)))  # before vLLM reads its settings; its workers inherit it
     import vllm
     from transformers import AutoTokenizer
 
@@ -297,17 +308,17 @@ def build(cfg, task: Task) -> VLLMBackend:
 
     v = cfg.generation.vllm
     model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
-    placement = distributed.local_device_group(v.tensor_parallel_size)
-    args = engine_args(cfg, model_dir, dtype, placement)
+    devices, turn, sharing, turns = distributed.placement(v.tensor_parallel_size)
+    args = engine_args(cfg, model_dir, dtype, (devices, sharing))
     _check_placement(vllm, args)
-    llm = vllm.LLM(**args)
+    llm = distributed.in_turns(turn, turns, lambda: vllm.LLM(**args))
     backend = VLLMBackend(
         llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_cfg=cfg.model, model_dir=model_dir,
         prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens, stop_strings=task.stop_strings,
         repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
         describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
-                  "tensor_parallel_size": v.tensor_parallel_size, "devices": placement[0],
-                  "engines_sharing_devices": placement[1]})
+                  "tensor_parallel_size": v.tensor_parallel_size, "devices": devices,
+                  "engines_sharing_devices": sharing})
     backend.keep_reference = cfg.eval.keep_base_model
     backend.init_master(cfg.es, dtype, v.weight_write)
     return backend

@@ -24,20 +24,23 @@ import torch
 from safetensors.torch import save_file
 
 from es_repro.engines.master import MODEL_FILE, Master
+from es_repro.engines.weights import master_copy
 from es_repro.models.loading import DTYPES
 from es_repro.es.update_rules import build_update_rule
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
 
-def hf_master(model_dir: str, dtype: torch.dtype, device: torch.device) -> tuple[list[str], list[torch.Tensor]]:
+def hf_master(model_dir: str, dtype: torch.dtype, device: torch.device,
+              master_device: str = "auto") -> tuple[list[str], list[torch.Tensor]]:
     """The fp32 master as the HF backend builds it: the checkpoint loaded by transformers in the model dtype, each
-    unique parameter then copied to fp32 (so a bf16 run's master is fp32(bf16(checkpoint)), as in ESWeights)."""
+    unique parameter then copied to fp32 (so a bf16 run's master is fp32(bf16(checkpoint)), as in ESWeights),
+    beside the engine or, with es.master_device=cpu, in pinned CPU memory (7B/8B beside an engine on 80 GB)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     named = list(model.named_parameters(remove_duplicate=True))
-    return [n for n, _ in named], [p.detach().to(device=device, dtype=torch.float32, copy=True) for _, p in named]
+    return [n for n, _ in named], [master_copy(p.detach().to(device), master_device) for _, p in named]
 
 
 class EngineMaster(Master):
@@ -45,16 +48,18 @@ class EngineMaster(Master):
     (name, tensor) pairs into the engine, which holds the working weights."""
 
     def __init__(self, names: list[str], master: list[torch.Tensor], dtype: torch.dtype, noise_mode: str,
-                 noise_dtype: str, rule, write: Callable[[Tensors], None]):
-        # the noise reads only shape, dtype and device: the working tensors' (model dtype), as ESWeights passes
-        like = [SimpleNamespace(shape=m.shape, dtype=dtype, device=m.device) for m in master]
+                 noise_dtype: str, rule, write: Callable[[Tensors], None], device: torch.device | None = None):
+        # the noise reads only shape, dtype and device: the working tensors' (model dtype, the engine's device), as
+        # ESWeights passes them, wherever the master lives
+        self.device = device or master[0].device
+        like = [SimpleNamespace(shape=m.shape, dtype=dtype, device=self.device) for m in master]
         super().__init__(names, master, like, noise_mode, noise_dtype, rule)
         self.dtype, self.write = dtype, write
 
     def working(self, seed: int | None = None, scale: float = 0.0) -> Tensors:
         """cast(master), or cast(master) + scale * eps(seed) rounded as ESWeights.perturb does; one tensor at a time."""
         for i, (name, m) in enumerate(zip(self.names, self.master)):
-            w = m.to(self.dtype, copy=True)  # copy: for an fp32 model .to() would alias the master
+            w = m.to(device=self.device, dtype=self.dtype, copy=True)  # copy: an fp32 master on the device would alias
             if seed is not None:
                 w.add_(scale * self.noise(i, seed))
             yield name, w
@@ -101,13 +106,13 @@ class ESWorkerExtension:
     start with es_ (vLLM refuses an extension attribute the Worker already has)."""
 
     def es_init(self, model_dir: str, dtype: str, noise_mode: str, noise_dtype: str, update: str, decay: float,
-                momentum: float, weight_write: str) -> int:
-        """Build the master on this worker (after the engine has taken its memory); returns the tensor count."""
-        torch_dtype = DTYPES[dtype]
-        names, master = hf_master(model_dir, torch_dtype, torch.device(self.device))
+                momentum: float, weight_write: str, master_device: str = "auto") -> int:
+        """Build the master for this worker (after the engine has taken its memory); returns the tensor count."""
+        torch_dtype, device = DTYPES[dtype], torch.device(self.device)
+        names, master = hf_master(model_dir, torch_dtype, device, master_device)
         rule = build_update_rule(SimpleNamespace(update=update, decay=decay, momentum=momentum))
         self._es_master = EngineMaster(names, master, torch_dtype, noise_mode, noise_dtype, rule,
-                                       self._es_writer(weight_write))
+                                       self._es_writer(weight_write), device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded
         return len(names)
 

@@ -81,12 +81,18 @@ def test_bad_vllm_settings_name_the_field_and_the_choices(fake, override, messag
         make_cfg(VLLM + [override])
 
 
-@pytest.mark.parametrize("dtype, noise_dtype", [("bfloat16", "param"), ("bfloat16", "float32"), ("float32", "param")])
+@pytest.mark.parametrize("dtype, noise_dtype, master", [("bfloat16", "param", "auto"), ("bfloat16", "float32", "auto"),
+                                                       ("float32", "param", "auto"), ("bfloat16", "param", "cpu")])
 @pytest.mark.parametrize("write", ["reload", "direct"])
-def test_engine_weights_equal_the_hf_backend_bit_for_bit(fake, dtype, noise_dtype, write):
+def test_engine_weights_equal_the_hf_backend_bit_for_bit(fake, dtype, noise_dtype, master, write):
     hf, vb, cfg, _ = _pair([f"model.dtype={dtype}", f"es.noise_dtype={noise_dtype}", "es.update=momentum",
-                            f"generation.vllm.weight_write={write}"])
+                            f"generation.vllm.weight_write={write}", f"es.master_device={master}"])
     engine = fake.LLM.last
+    worker_master = engine.worker._es_master
+    assert all(m.dtype == torch.float32 and m.device.type == "cpu" for m in worker_master.master)
+    assert worker_master.device == torch.device("cpu")  # the noise is drawn where the engine's weights are
+    if master == "cpu" and torch.cuda.is_available():
+        assert all(m.is_pinned() for m in worker_master.master)
     _same_weights(hf, engine.model)  # base: cast(master) on both
     base = {n: p.clone() for n, p in engine.model.named_parameters()}
     for seed, scale in ((3, 0.02), (11, -0.05)):
@@ -274,3 +280,28 @@ def test_a_vllm_without_device_ids_refuses_to_stack_engines_on_gpu_0(fake, monke
     with pytest.raises(RuntimeError, match=r"should run its engine on GPU\(s\) \[1\].*cannot place an engine"):
         build_backend(cfg, _task(cfg))
     assert fake.LLM.last is None  # refused before any engine started
+
+
+def test_the_compile_cache_goes_to_node_local_disk_unless_chosen():
+    import os
+
+    from es_repro.engines.vllm.backend import node_local_cache
+
+    uid = os.getuid()
+    assert node_local_cache({"SLURM_TMPDIR": "/local/job7", "TMPDIR": "/tmp/x"}) == {"VLLM_CACHE_ROOT": f"/local/job7/vllm-cache-{uid}"}
+    assert node_local_cache({"TMPDIR": "/scratch"}) == {"VLLM_CACHE_ROOT": f"/scratch/vllm-cache-{uid}"}
+    assert node_local_cache({}) == {"VLLM_CACHE_ROOT": f"/tmp/vllm-cache-{uid}"}
+    assert node_local_cache({"VLLM_CACHE_ROOT": "/shared/cache"}) == {}
+
+
+def test_es_master_device_reaches_the_worker(fake, monkeypatch):
+    """es.master_device=cpu: the worker keeps its master in (pinned) CPU memory, as the HF backend does, instead of
+    beside the engine on the GPU (a 7B/8B master does not fit there)."""
+    from es_repro.engines.vllm import worker
+
+    asked = []
+    real = worker.master_copy
+    monkeypatch.setattr(worker, "master_copy", lambda p, where: asked.append(where) or real(p, where))
+    cfg = make_cfg(VLLM + ["es.master_device=cpu"])
+    build_backend(cfg, _task(cfg))
+    assert asked and set(asked) == {"cpu"}

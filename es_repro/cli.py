@@ -78,10 +78,31 @@ def launch(dcfg: DictConfig, run_dir: Path) -> dict:
     from es_repro.run import distributed
     from es_repro.es.loop import run_es  # heavy imports only after the config is known to be valid
 
+    if cfg.generation.backend == "vllm":  # an installed engine is a fact of this machine, not of the config
+        from es_repro.engines.vllm.checks import require_vllm
+
+        require_vllm()
+
     # torchrun or a multi-task submitit/SLURM job: the processes share one ES population; a vLLM engine may span
     # several GPUs (tensor parallel), so each process binds a group of that size
-    distributed.init(cfg.generation.vllm.tensor_parallel_size if cfg.generation.backend == "vllm" else 1)
+    per_process = cfg.generation.vllm.tensor_parallel_size if cfg.generation.backend == "vllm" else 1
+    distributed.init(per_process)
+    cfg = fit_on_the_gpu(cfg, per_process)
     return run_es(cfg, run_dir)
+
+
+def fit_on_the_gpu(cfg, per_process: int):
+    """On CUDA, the run's memory plan before anything loads (es_repro/engines/memory.py): es.master_device=auto
+    decided, and a run that cannot fit refused in one line naming the levers. On CPU the host's memory is the limit."""
+    import torch
+
+    from es_repro.engines.memory import check_fits
+    from es_repro.run import distributed
+
+    if not torch.cuda.is_available():
+        return cfg
+    sharing = distributed.placement(per_process)[2]
+    return check_fits(cfg, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, sharing)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -1,4 +1,4 @@
-"""generation.vllm.* settings, and vLLM's presence when generation.backend=vllm (config/checks.py)."""
+"""generation.vllm.* settings (config/checks.py), and require_vllm: the one-line error without vLLM installed."""
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
@@ -34,4 +34,5 @@ def check(cfg) -> None:
     if cfg.es.lowrank:
         raise ConfigError(f"es.lowrank={cfg.es.lowrank} cannot be combined with generation.backend=vllm (its members are "
                           f"full-rank weights written into the engine); use es.lowrank=0 or generation.backend=hf")
-    require_vllm()
+    # vLLM's presence is checked when the engine is built (build() calls require_vllm before anything loads), not
+    # here: a config for a GPU cluster validates, and plans (python -m es_repro.plan), on a machine without vLLM

@@ -61,9 +61,16 @@ def _same_weights(hf, engine_model) -> None:
         assert torch.equal(p, engine[name]), name
 
 
-def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command():
+def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command(tmp_path):
+    """The config validates (a cluster's config plans on a laptop); the launch refuses before anything loads."""
+    from es_repro.cli import launch
+    from es_repro.config import compose
+    from tests.helpers import TINY
+
+    make_cfg(VLLM)
     with pytest.raises(ConfigError) as err:
-        make_cfg(VLLM)
+        launch(compose(TINY + VLLM), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written
     message = str(err.value)
     assert "\n" not in message and "generation.backend=vllm" in message
     assert "pip install vllm" in message and "scripts/setup_vllm_cpu.sh" in message

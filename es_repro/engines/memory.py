@@ -1,0 +1,201 @@
+"""The memory plan of a run, per GPU, computed from the config before anything loads (python -m es_repro.plan).
+
+Every term is an upper estimate at the configured limits (batch, task.max_prompt_tokens, task.max_new_tokens),
+in bytes per GPU of one process's device group:
+- weights: the model in its dtype (vLLM: one tensor-parallel shard per GPU, inside the engine's share);
+- master: the fp32 copy ES updates (es.master_device=cpu: pinned host memory instead; every vLLM worker holds a
+  whole one, tensor parallel or not);
+- pair noise: an antithetic pair's noise held between its two members (es.reuse_pair_noise, HF backend);
+- update/perturb buffers: the largest tensor's noise, its fp32 delta and their temporaries;
+- KV cache and activations of one generate call (HF backend; vLLM's live inside its share);
+- the engine's share: generation.vllm.gpu_memory_utilization / (engines sharing the GPU) of the card;
+- evaluation copies: the base model for KL (and, on vLLM, an HF copy of the current weights), one at a time with
+  eval.keep_base_model=false, and the KL forward's logits;
+- the CUDA context and allocator slack.
+es.master_device=auto puts the master beside the model when that fits and in pinned host memory when only that
+fits (resolve_master_device); a run that fits neither way is refused in one line naming the levers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from es_repro.models.shapes import SHAPES
+from es_repro.run.errors import ConfigError
+
+GIB = 1 << 30
+CONTEXT_BYTES = int(1.5 * GIB)  # CUDA context, cuBLAS workspaces, allocator fragmentation
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    head_dim: int = 0
+    attention_bias: bool = False  # Qwen2: q/k/v biases
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def params(self) -> int:
+        """Unique parameters of a Llama/Qwen2-style decoder (a tied head counted once; Qwen2's q/k/v biases)."""
+        q, kv = self.heads * self.dim, self.kv_heads * self.dim
+        attention = self.hidden * q + 2 * self.hidden * kv + q * self.hidden + (q + 2 * kv) * self.attention_bias
+        layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return self.layers * layer + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+    @property
+    def largest_tensor(self) -> int:
+        return max(self.vocab * self.hidden, self.hidden * self.intermediate)
+
+    def kv_bytes_per_token(self, value_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.dim * value_bytes
+
+
+def shape_of_config(config: dict) -> ModelShape:
+    return ModelShape(hidden=config["hidden_size"], intermediate=config["intermediate_size"],
+                      layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
+                      kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+                      vocab=config["vocab_size"], tied=bool(config.get("tie_word_embeddings", False)),
+                      head_dim=config.get("head_dim") or 0,
+                      attention_bias=bool(config.get("attention_bias", config.get("arch", config.get("model_type")) == "qwen2")))
+
+
+def model_shape(model_cfg) -> ModelShape | None:
+    """The shape of the configured model without loading it: a paper model by its name (qwen2.5-7b-instruct ->
+    SHAPES["qwen2.5-7b"]), a random_shape by its path, or a local directory's config.json; None if unknown."""
+    if model_cfg.source == "random_shape" and model_cfg.path in SHAPES:
+        return shape_of_config(SHAPES[model_cfg.path])
+    key = model_cfg.name.removesuffix("-instruct")
+    if key in SHAPES:
+        return shape_of_config(SHAPES[key])
+    config = Path(model_cfg.path) / "config.json" if model_cfg.path else None
+    if config is not None and config.is_file():
+        return shape_of_config(json.loads(config.read_text()))
+    return None
+
+
+@dataclass
+class Plan:
+    gpu_bytes: int
+    rows: list[tuple[str, int, str]] = field(default_factory=list)  # (term, bytes per GPU, note)
+    host_bytes: int = 0  # pinned host memory (the master with es.master_device=cpu)
+    problems: list[str] = field(default_factory=list)  # what cannot work whatever the total (vLLM's share)
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b, _ in self.rows)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems and self.total <= self.gpu_bytes
+
+    def table(self) -> str:
+        lines = ["| per GPU | GiB | |", "|---|---|---|"]
+        lines += [f"| {name} | {b / GIB:.2f} | {note} |" for name, b, note in self.rows]
+        lines.append(f"| **total** | **{self.total / GIB:.2f}** | of {self.gpu_bytes / GIB:.0f} GiB |")
+        if self.host_bytes:
+            lines.append(f"| (pinned host memory) | {self.host_bytes / GIB:.2f} | the master, off the GPU |")
+        return "\n".join(lines)
+
+
+def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Plan:
+    """The per-GPU plan of ``cfg`` (its es.master_device taken as given: auto = beside the model)."""
+    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"  # auto is bf16 on CUDA
+    b = DTYPE_BYTES[dtype]
+    noise_b = b if cfg.es.noise_dtype == "param" else 4
+    P = shape.params
+    width = cfg.task.max_prompt_tokens + cfg.task.max_new_tokens
+    kl_len = cfg.task.max_prompt_tokens + (cfg.eval.kl_max_new_tokens or cfg.task.max_new_tokens)
+    master_on_gpu = cfg.es.master_device != "cpu"
+    plan = Plan(gpu_bytes)
+    add = plan.rows.append
+    vllm = cfg.generation.backend == "vllm"
+    tp = cfg.generation.vllm.tensor_parallel_size if vllm else 1
+    if vllm:
+        share = int(cfg.generation.vllm.gpu_memory_utilization / sharing * gpu_bytes)
+        add(("vLLM engine's share", share, f"gpu_memory_utilization {cfg.generation.vllm.gpu_memory_utilization:g}"
+             + (f" / {sharing} engines" if sharing > 1 else "") + f"; holds weights {P * b / tp / GIB:.2f} GiB/GPU + KV"))
+        needed = P * b // tp + shape.kv_bytes_per_token(b) // tp * width
+        if needed > share:
+            plan.problems.append(f"the engine's share ({share / GIB:.1f} GiB) cannot hold its weights and one "
+                                 f"{width}-token sequence's KV cache ({needed / GIB:.1f} GiB)")
+    else:
+        add(("weights", P * b, dtype))
+    add(("master (fp32)", P * 4 if master_on_gpu else 0,
+         "es.master_device=cpu: in pinned host memory" if not master_on_gpu else
+         ("on every tensor-parallel GPU" if tp > 1 else "beside the model")))
+    if not master_on_gpu:
+        plan.host_bytes = P * 4 * tp
+    if not vllm and cfg.es.antithetic and cfg.es.reuse_pair_noise:
+        add(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))
+    add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
+    if not vllm:
+        batch = cfg.generation.batch_size
+        kv = batch * width * shape.kv_bytes_per_token(b)
+        act = batch * cfg.task.max_prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * b + batch * shape.vocab * 4
+        add(("KV cache", kv, f"batch {batch} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
+        add(("activations", act, f"prefill of {batch} x {cfg.task.max_prompt_tokens} tokens"))
+    copies = (2 if vllm else 1) if cfg.eval.keep_base_model else 1
+    what = "base model" + (" + HF copy of the current weights" if vllm else "")
+    add(("evaluation copies", copies * P * b if cfg.eval.kl_samples else 0,
+         f"{what}{', kept' if cfg.eval.keep_base_model else ', one at a time (eval.keep_base_model=false)'}"))
+    add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0, f"{kl_len} tokens"))
+    add(("CUDA context and slack", CONTEXT_BYTES, ""))
+    if not vllm and sharing > 1:  # members in flight: every process on the GPU holds all of the above
+        add(("other processes on this GPU", (sharing - 1) * plan.total, f"{sharing} processes share it"))
+    return plan
+
+
+def levers(cfg, plan: Plan) -> list[str]:
+    """The settings that would shrink this plan, most effective first."""
+    out = []
+    if cfg.es.master_device != "cpu":
+        out.append("es.master_device=cpu")
+    if cfg.eval.keep_base_model and cfg.eval.kl_samples:
+        out.append("eval.keep_base_model=false")
+    if cfg.generation.backend == "vllm":
+        out += ["generation.vllm.tensor_parallel_size", "generation.vllm.gpu_memory_utilization"]
+    else:
+        out.append("generation.batch_size")
+    out.append("task.max_prompt_tokens")
+    return out
+
+
+def resolve_master_device(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1):
+    """(cfg with es.master_device decided, its plan): auto keeps the master beside the model when that fits and
+    moves it to pinned host memory when only that fits."""
+    plan = plan_memory(cfg, shape, gpu_bytes, sharing)
+    if cfg.es.master_device == "auto" and not plan.fits:
+        moved = replace(cfg, es=replace(cfg.es, master_device="cpu"))
+        moved_plan = plan_memory(moved, shape, gpu_bytes, sharing)
+        if moved_plan.fits:
+            return moved, moved_plan
+    return cfg, plan
+
+
+def refusal(cfg, plan: Plan) -> str:
+    why = "; ".join(plan.problems) or f"it needs {plan.total / GIB:.1f} GiB per GPU of {plan.gpu_bytes / GIB:.0f} GiB"
+    return (f"model={cfg.model.name} with generation.backend={cfg.generation.backend} does not fit: {why} "
+            f"(python -m es_repro.plan <the same overrides> --gpu-gib {plan.gpu_bytes / GIB:.0f} shows the terms); "
+            f"levers: {', '.join(levers(cfg, plan))}")
+
+
+def check_fits(cfg, gpu_bytes: int, sharing: int = 1):
+    """cfg with es.master_device decided, or ConfigError in one line when the run cannot fit; unknown shapes pass."""
+    shape = model_shape(cfg.model)
+    if shape is None:
+        return cfg
+    cfg, plan = resolve_master_device(cfg, shape, gpu_bytes, sharing)
+    if not plan.fits:
+        raise ConfigError(refusal(cfg, plan))
+    return cfg

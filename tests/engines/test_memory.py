@@ -1,0 +1,117 @@
+"""The memory plan (es_repro/engines/memory.py, python -m es_repro.plan): its terms against their definitions, and
+the verdicts over the paper's seven models x GPU sizes x engines x tensor parallelism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from es_repro.config import compose_config
+from es_repro.engines import memory
+from es_repro.engines.memory import GIB, model_shape, plan_memory, resolve_master_device
+from es_repro.models.shapes import SHAPES
+from es_repro.plan import main as plan_main
+from es_repro.run.errors import ConfigError
+
+MODELS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_parameter_count_is_the_models_own(name):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    spec = dict(SHAPES[name])
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[spec.pop("arch")]
+    with torch.device("meta"):  # the real module tree, no memory
+        model = model_cls(config_cls(**spec))
+    assert memory.shape_of_config(SHAPES[name]).params == sum(p.numel() for p in model.parameters())
+
+
+def _cfg(model: str, backend: str = "hf", tp: int = 1, *extra: str):
+    return compose_config(["experiment=table1", f"model={model}-instruct", f"generation.backend={backend}",
+                           f"generation.vllm.tensor_parallel_size={tp}", *extra])
+
+
+def test_the_terms_follow_their_definitions():
+    cfg = _cfg("qwen2.5-7b", "hf", 1, "es.master_device=auto", "eval.keep_base_model=true")
+    shape = model_shape(cfg.model)
+    plan = plan_memory(cfg, shape, 80 * GIB)
+    rows = {name: b for name, b, _ in plan.rows}
+    P, width = shape.params, 256 + 1024
+    assert rows["weights"] == P * 2 and rows["master (fp32)"] == P * 4 and rows["evaluation copies"] == P * 2
+    # KV: batch x tokens x layers x (K and V) x kv heads x head dim x 2 bytes
+    assert rows["KV cache"] == 200 * width * 28 * 2 * 4 * 128 * 2
+    assert plan.total == sum(rows.values()) and plan.fits == (plan.total <= 80 * GIB)
+    on_cpu = plan_memory(_cfg("qwen2.5-7b", "hf", 1, "es.master_device=cpu"), shape, 80 * GIB)
+    assert dict((n, b) for n, b, _ in on_cpu.rows)["master (fp32)"] == 0 and on_cpu.host_bytes == P * 4
+
+
+# Verdicts at the paper's settings (experiment=table1): ok, ok with the master moved to pinned host memory by
+# es.master_device=auto (cpu), or refused (NO). Columns: hf@40/80/141 GiB, vllm TP1@40/80/141, vllm TP2@40/80/141.
+VERDICTS = {
+    "qwen2.5-0.5b": "ok ok ok | ok ok ok | ok ok ok",
+    "qwen2.5-1.5b": "ok ok ok | cpu ok ok | cpu ok ok",
+    "qwen2.5-3b": "cpu ok ok | cpu ok ok | cpu ok ok",
+    "qwen2.5-7b": "NO cpu ok | NO cpu cpu | NO cpu cpu",
+    "llama-3.2-1b": "ok ok ok | ok ok ok | ok ok ok",
+    "llama-3.2-3b": "NO ok ok | NO cpu ok | NO cpu ok",
+    "llama-3.1-8b": "NO cpu ok | NO cpu cpu | NO cpu cpu",
+}
+
+
+def _verdict(cfg, gib: int) -> str:
+    resolved, plan = resolve_master_device(cfg, model_shape(cfg.model), gib * GIB)
+    return "NO" if not plan.fits else ("cpu" if resolved.es.master_device == "cpu" else "ok")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_papers_models_fit_where_the_plan_says(name):
+    cells = [_verdict(_cfg(name, backend, tp), gib) for backend, tp in (("hf", 1), ("vllm", 1), ("vllm", 2))
+             for gib in (40, 80, 141)]
+    assert " | ".join(" ".join(cells[i:i + 3]) for i in (0, 3, 6)) == VERDICTS[name]
+    fits = [c != "NO" for c in cells]
+    for start in (0, 3, 6):  # a bigger GPU never turns a fit into a refusal
+        assert fits[start: start + 3] == sorted(fits[start: start + 3])
+
+
+def test_the_papers_largest_models_fit_one_80gb_gpu_on_vllm_by_default(capsys):
+    for model in ("qwen2.5-7b-instruct", "llama-3.1-8b-instruct"):
+        assert plan_main(["experiment=table1", f"model={model}", "generation.backend=vllm", "--gpu-gib", "80"]) == 0
+        assert "fits:" in capsys.readouterr().out
+    assert plan_main(["experiment=table1", "model=llama-3.1-8b-instruct", "generation.backend=vllm", "--gpu-gib", "12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit" in err[0] and "levers: es.master_device=cpu" in err[0]
+
+
+def test_a_run_that_cannot_fit_is_refused_in_one_line_naming_the_levers():
+    cfg = _cfg("llama-3.1-8b", "hf", 1, "eval.keep_base_model=true")
+    with pytest.raises(ConfigError, match=r"does not fit: it needs .* GiB per GPU of 40 GiB .*levers: "
+                                          r"es.master_device=cpu, eval.keep_base_model=false, generation.batch_size"):
+        memory.check_fits(cfg, 40 * GIB)
+    assert memory.check_fits(cfg, 80 * GIB).es.master_device == "cpu"  # auto moved the master off the GPU
+    tiny = compose_config(["model=tiny-random", "task=synthetic"])
+    assert memory.check_fits(tiny, 1) is tiny  # no shape known for the test model: no plan, no refusal
+
+
+def test_processes_sharing_a_gpu_each_count_on_hf():
+    cfg = _cfg("qwen2.5-0.5b")
+    one, two = (plan_memory(cfg, model_shape(cfg.model), 80 * GIB, sharing) for sharing in (1, 2))
+    assert two.total == 2 * one.total
+
+
+def test_a_cuda_launch_plans_with_the_cards_size_before_anything_loads(monkeypatch):
+    """cli.fit_on_the_gpu, as a launch on a 40 GiB / 80 GiB card runs it (CUDA simulated: only its size is read)."""
+    from types import SimpleNamespace
+
+    from es_repro import cli
+    from es_repro.run import distributed
+
+    card = SimpleNamespace(total_memory=40 * GIB)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: card)
+    monkeypatch.setattr(distributed, "placement", lambda per_process: ([0], 0, 1, 1))
+    cfg = _cfg("llama-3.1-8b")
+    with pytest.raises(ConfigError, match="does not fit"):
+        cli.fit_on_the_gpu(cfg, 1)
+    card.total_memory = 80 * GIB
+    assert cli.fit_on_the_gpu(cfg, 1).es.master_device == "cpu"

@@ -75,8 +75,8 @@ def launch(dcfg: DictConfig, run_dir: Path) -> dict:
         from es_repro.baselines import run_baseline
 
         return run_baseline(cfg, run_dir)
-    from es_repro.run import distributed
     from es_repro.es.loop import run_es  # heavy imports only after the config is known to be valid
+    from es_repro.run import distributed
 
     if cfg.generation.backend == "vllm":  # an installed engine is a fact of this machine, not of the config
         from es_repro.engines.vllm.checks import require_vllm

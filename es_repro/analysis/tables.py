@@ -8,7 +8,7 @@ import pandas as pd
 from es_repro.analysis.paper import method_name, paper_table1, paper_table2
 from es_repro.analysis.render import DASH, fmt, latex_table, markdown_table, mean_std
 from es_repro.analysis.select import (FACET, base_evals, best_settings, final_evals, method_key, require, seed_stats,
-                                     setting_label, varying_keys)
+                                      setting_label, varying_keys)
 
 METHOD_ORDER = ["base", "es", "ppo", "grpo_g8", "grpo_g30", "grpo", "grpo_verl", "drgrpo_verl"]
 TABLE1_TASK = "countdown"  # the paper's Table 1 numbers are Countdown accuracies; Table 2 rows name their task

@@ -31,8 +31,8 @@ from es_repro.baselines import session
 from es_repro.baselines.generation import RewardRecorder, StopStringHook, prompt_ids
 from es_repro.baselines.reward_model import TaskRewardModel
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
-from es_repro.engines.hf.generation import render_prompt
 from es_repro.config.schema import ModelConfig, RunConfig
+from es_repro.engines.hf.generation import render_prompt
 from es_repro.models.loading import load_model
 from es_repro.run.log import METRICS_FILE, SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task

@@ -17,15 +17,14 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from es_repro.engines.hf import backend as hf_backend
-
-from es_repro.run import lifecycle
 from es_repro.baselines.generation import RewardRecorder
 from es_repro.config.schema import RunConfig
+from es_repro.engines.hf import backend as hf_backend
+from es_repro.run import lifecycle
 from es_repro.run.evaluate import Evaluator as SharedEvaluator
-from es_repro.tasks.prompt_limits import check_prompt_lengths
 from es_repro.run.log import SAMPLES_FILE, RunLog
 from es_repro.tasks.base import Task
+from es_repro.tasks.prompt_limits import check_prompt_lengths
 
 CKPT_DIR = "checkpoints"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")

@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from es_repro.es.noise import tensor_noise
 from es_repro.engines.weights import unique_parameters
+from es_repro.es.noise import tensor_noise
 
 
 def release_tell(rewards: Sequence[float]) -> list[float]:

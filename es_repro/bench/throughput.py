@@ -46,19 +46,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from es_repro.es import strategy as es
-
 from es_repro.bench import roofline
+from es_repro.bench.release_loop import PaperLoopWeights, release_tell
 from es_repro.config.load import to_run_config
 from es_repro.engines.hf.backend import HFBackend, HFLowRankBackend, make_generator
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.lowrank import LowRankESWeights
-from es_repro.models.loading import load_model
-from es_repro.bench.release_loop import PaperLoopWeights, release_tell
-from es_repro.tasks import task_from_config
-from es_repro.run.timing import Timer
 from es_repro.engines.weights import ESWeights
-
+from es_repro.es import strategy as es
+from es_repro.models.loading import load_model
+from es_repro.run.timing import Timer
+from es_repro.tasks import task_from_config
 
 MODES = ("paper", "default", "compiled", "lowrank", "vllm", "inflight")
 

@@ -54,7 +54,8 @@ def load_config(dcfg: DictConfig) -> RunConfig:
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config", return_hydra_config: bool = False) -> DictConfig:
     """conf/ composed with command-line style overrides, outside a Hydra app (tools, sweeps, tests)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register()

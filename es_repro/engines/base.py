@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # typing only: this module stays import-light (config validation reads BACKENDS)
     from es_repro.es.strategy import Member
-    from es_repro.tasks.base import Row, Task
     from es_repro.run.timing import Timer
+    from es_repro.tasks.base import Row, Task
 
 # generation.backend value -> "module:factory". Factories are imported only when chosen.
 BACKENDS = {"hf": "es_repro.engines.hf.backend:build", "qes": "es_repro.qes.backend:build",

@@ -16,9 +16,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from es_repro.engines.weights import ESWeights
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import SGD
-from es_repro.engines.weights import ESWeights
 
 
 def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

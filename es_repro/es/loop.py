@@ -13,20 +13,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from es_repro.run import distributed
-
-from es_repro.es import fingerprint, strategy as es
-
-from es_repro.run import lifecycle
-from es_repro.engines.base import build_backend
-from es_repro.run.checkpoint import save_checkpoint
-from es_repro.run.replay import resume
 from es_repro.config.schema import RunConfig
+from es_repro.engines.base import build_backend
+from es_repro.es import fingerprint
+from es_repro.es import strategy as es
+from es_repro.run import distributed, lifecycle
+from es_repro.run.checkpoint import save_checkpoint
 from es_repro.run.evaluate import Evaluator
-from es_repro.tasks.prompt_limits import check_prompt_lengths
 from es_repro.run.log import RunLog
-from es_repro.tasks import task_from_config
+from es_repro.run.replay import resume
 from es_repro.run.timing import Timer
+from es_repro.tasks import task_from_config
+from es_repro.tasks.prompt_limits import check_prompt_lengths
 
 
 def run_es(cfg: RunConfig, run_dir: Path) -> dict:

@@ -10,8 +10,8 @@ landscape_<reward>.png/.pdf (p(dR > 0), p(dR = 0) and the output-identical share
 from __future__ import annotations
 
 import argparse
-import sys
 import math
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 

@@ -51,14 +51,13 @@ def run_probe(cfg: RunConfig, run_dir: Path) -> dict:
     """Score every missing (sigma, candidate), then write the report; returns the report's summary."""
     from tqdm.auto import tqdm
 
-    from es_repro.run import lifecycle
-
-    from es_repro.probe import store
     from es_repro.engines.base import build_backend
+    from es_repro.probe import store
     from es_repro.probe.report import write_report
+    from es_repro.run import lifecycle
     from es_repro.run.log import RunLog
-    from es_repro.tasks import task_from_config
     from es_repro.run.timing import Timer
+    from es_repro.tasks import task_from_config
 
     if cfg.probe is None:
         raise ValueError("cfg.probe is None: compose the probe's config (conf/probe.yaml), not conf/config.yaml")
@@ -120,7 +119,6 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig
 
     from es_repro.config.load import CONF_DIR, load_config, register
-
     from es_repro.run.errors import ConfigError
 
     register()

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from es_repro.sandbox import launch
-from es_repro.sandbox.limits import SandboxLimits
 from es_repro.sandbox.launch import PACKAGE
+from es_repro.sandbox.limits import SandboxLimits
 
 START_TIMEOUT_S = 120.0  # worker start-up (imports and warm-up); generous for a loaded machine
 REPLY_MARGIN_S = 3.0  # past a job's own wall clock before the worker itself is presumed stuck

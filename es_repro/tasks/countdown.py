@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from es_repro.tasks.answer_extract import last_block
 from es_repro.run.errors import DataError
+from es_repro.tasks.answer_extract import last_block
 from es_repro.tasks.base import Row, Task, data_file, parse_json
 from es_repro.tasks.countdown_check import MAX_DIGITS, check_answer
 

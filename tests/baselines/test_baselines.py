@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from es_repro.engines.hf.generation import cut_at_stop
 from es_repro.baselines import generation, reward_model, run_baseline, session
 from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
 from es_repro.config import ConfigError
+from es_repro.engines.hf.generation import cut_at_stop
 from es_repro.models.loading import load_model
-from es_repro.run.log import RunLog, read_jsonl
-from es_repro.tasks import build_task, task_from_config, columns, score
 from es_repro.models.tiny import build_tiny_model
+from es_repro.run.log import RunLog, read_jsonl
+from es_repro.tasks import build_task, columns, score, task_from_config
 from tests.helpers import make_cfg
 
 # Tiny runs: 8 completions per optimizer step, 40-sample budget = 5 steps; ES's generation = 6 x 4 = 24 samples.
@@ -127,8 +127,8 @@ def test_generation_hook_stops_and_cuts_like_the_es_generator():
     at the task's stop strings, and the trimmed, cut text equals what ES's generator returns."""
     from transformers import GenerationConfig
 
-    from es_repro.engines.hf.generation import HFGenerator
     from es_repro.baselines.grpo import TaskGRPOTrainer
+    from es_repro.engines.hf.generation import HFGenerator
 
     model, tok = build_tiny_model()
     tok.padding_side = "left"
@@ -302,10 +302,9 @@ def test_ppo_runs_logs_like_es_resumes_and_skips(tmp_path, monkeypatch, capsys):
 def test_cpu_reproduction_presets_give_every_method_the_same_budget(exp, budget, steps, tmp_path):
     """The committed reproduction (results/repro_*_cpu): ES, GRPO and PPO points compose, validate and get the
     same number of sample evaluations (ES: generations x N x prompts; RL: steps x completions per step)."""
-    from tests.helpers import compose_cfg
-
     from es_repro.baselines.trl_config import build_args, completions_per_step, make_plan
     from es_repro.config import to_run_config
+    from tests.helpers import compose_cfg
 
     for baseline in ("none", "grpo_cpu", "ppo_cpu"):
         cfg = to_run_config(compose_cfg([f"experiment={exp}", f"baseline={baseline}", "seed=2"]))

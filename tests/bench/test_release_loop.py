@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from es_repro.es import strategy as es
-from es_repro.bench.release_loop import PaperLoopWeights
-from es_repro.tasks import build_task
-from es_repro.models.tiny import build_tiny_model
+from es_repro.bench.release_loop import PaperLoopWeights, release_tell
 from es_repro.engines.hf.backend import HFBackend
 from es_repro.engines.hf.generation import HFGenerator
-from es_repro.bench.release_loop import release_tell
-from es_repro.run.timing import Timer
 from es_repro.engines.weights import ESWeights
+from es_repro.es import strategy as es
+from es_repro.models.tiny import build_tiny_model
+from es_repro.run.timing import Timer
+from es_repro.tasks import build_task
 
 
 def run_loop(paper: bool, generations: int = 3):

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from es_repro.bench import throughput as bench
-
+from es_repro.engines.hf.backend import HFBackend, make_generator
+from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
 from es_repro.models.loading import load_model
 from es_repro.tasks import task_from_config
 from es_repro.tasks.base import score
-from es_repro.engines.hf.backend import HFBackend, make_generator
-from es_repro.engines.weights import ESWeights
 from tests.helpers import make_cfg
 
 
@@ -103,8 +102,8 @@ def test_generation_limit_against_hand_computed_numbers():
 
 
 def test_shape_counts_matmul_weights_and_published_parameter_counts():
-    from es_repro.models.shapes import build_random_shape
     from es_repro.bench.roofline import device_limits, shape_of
+    from es_repro.models.shapes import build_random_shape
     from es_repro.models.tiny import build_tiny_model
 
     untied, _ = build_tiny_model(seed=0)

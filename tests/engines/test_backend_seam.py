@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.fakes import fake_backend
-from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.config import ConfigError
-from es_repro.run.replay import main as replay_main
-from es_repro.run.log import RunLog
 from es_repro.es.loop import run_es
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.run.log import RunLog
+from es_repro.run.replay import main as replay_main
+from tests.fakes import fake_backend
 from tests.helpers import make_cfg
 
 FAKE = ["generation.backend=tests.fakes.fake_backend:build", "es.generations=6", "checkpoint_every=2", "es.sigma=0.1",

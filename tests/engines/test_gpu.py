@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from es_repro.engines.hf.generation import HFGenerator
+from es_repro.engines.weights import ESWeights
 from es_repro.es.noise import tensor_noise
 from es_repro.models.tiny import build_tiny_model
-from es_repro.engines.weights import ESWeights
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh)")]

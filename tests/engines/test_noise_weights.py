@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from es_repro.engines.weights import ESWeights
 from es_repro.es.noise import tensor_noise
 from es_repro.es.update_rules import SGD, Momentum
 from es_repro.models.tiny import build_tiny_model
-from es_repro.engines.weights import ESWeights
 
 
 def test_correlated_equals_randn_reseeded_per_tensor_in_param_dtype():

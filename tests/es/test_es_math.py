@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
 from es_repro.models.tiny import build_tiny_model
-from es_repro.engines.weights import ESWeights
 
 
 def test_ask_is_deterministic_and_depends_on_generation():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from es_repro.es import strategy as es
 from es_repro.bench.release_loop import PaperLoopWeights, release_tell
-from es_repro.models.tiny import build_tiny_model
 from es_repro.engines.weights import ESWeights
+from es_repro.es import strategy as es
+from es_repro.models.tiny import build_tiny_model
 
 SIGMA, ALPHA = 1e-3, 5e-4
 CASES = [(dtype, tie, shift) for dtype in (torch.float32, torch.bfloat16) for tie in (False, True) for shift in (False, True)]
@@ -142,8 +142,8 @@ def test_released_seed_stream_equals_numpys_global_stream():
 
 
 def test_a_run_with_es_released_logs_the_releases_seeds(tmp_path):
-    from es_repro.run.log import RunLog
     from es_repro.es.loop import run_es
+    from es_repro.run.log import RunLog
     from tests.helpers import make_cfg
 
     expected = release_seeds(33, 6, 2)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from es_repro.engines.base import Backend
 from es_repro.es.noise import tensor_noise
-from es_repro.tasks.base import score
 from es_repro.es.update_rules import build_update_rule
+from es_repro.tasks.base import score
 
 THETA0 = torch.tensor([0.5, -0.3, 0.25, 0.4, -0.45, 0.1, -0.2, 0.35])
 

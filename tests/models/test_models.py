@@ -6,10 +6,9 @@ import importlib.util
 import pytest
 import torch
 
-from es_repro.config import ModelConfig
+from es_repro.config import ModelConfig, to_run_config
 from es_repro.models.loading import ModelNotFound, gguf_checkpoint, load_model
 from tests.helpers import compose_cfg
-from es_repro.config import to_run_config
 
 
 def test_missing_package_says_how_to_get_it():

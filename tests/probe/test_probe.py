@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fakes import fake_backend
-from es_repro.probe import stats as st
-from es_repro.probe import appendix_a as toy
 from es_repro.config import ConfigError, compose, load_config
-from es_repro.probe.run import candidate_seeds, run_probe
+from es_repro.probe import appendix_a as toy
+from es_repro.probe import stats as st
 from es_repro.probe.report import main as report_main
+from es_repro.probe.run import candidate_seeds, run_probe
 from es_repro.probe.store import load_results
 from es_repro.run.log import RunLog
+from tests.fakes import fake_backend
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -257,8 +257,8 @@ def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_
 
     from es_repro.engines.base import build_backend
     from es_repro.es.strategy import Member
-    from es_repro.tasks import build_task
     from es_repro.run.timing import Timer
+    from es_repro.tasks import build_task
 
     cfg = probe_cfg(["model=tiny-random", "task=synthetic"])
     task = build_task("synthetic", 4, 4, 0, {"target_char": "a"})

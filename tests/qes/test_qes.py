@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from es_repro.es.strategy import Member, pair_coefficients
+from es_repro.models.tiny import build_tiny_model
 from es_repro.qes.model import quantizable_linears, quantize_model
 from es_repro.qes.quant import rtn_quantize
 from es_repro.qes.residual import Residuals
 from es_repro.qes.steps import RESIDUAL_CLAMP, error_feedback, stochastic_round, stochastic_step
 from es_repro.qes.weights import QuantizedWeights
-from es_repro.models.tiny import build_tiny_model
 
 
 def tiny_quantized(bits=4, dtype=torch.float32, fill=None, **kwargs):

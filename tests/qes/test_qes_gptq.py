@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from es_repro.models.tiny import build_tiny_model
 from es_repro.qes import gptq
 from es_repro.qes.model import export_gptq, gptq_directory, load_gptq, quantizable_linears, quantize_model
 from es_repro.qes.quant import QuantizedTensor
-from es_repro.models.tiny import build_tiny_model
 
 
 @pytest.mark.parametrize("bits", [4, 8])

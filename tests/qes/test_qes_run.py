@@ -8,12 +8,12 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.config import ConfigError
-from es_repro.qes import backend as qes_backend
-from es_repro.run.replay import main as replay_main
-from es_repro.run.log import RunLog
 from es_repro.es.loop import run_es
+from es_repro.qes import backend as qes_backend
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.run.log import RunLog
+from es_repro.run.replay import main as replay_main
 from tests.helpers import make_cfg
 
 QES = ["es.update=qes", "es.sigma=0.5", "es.alpha=0.2", "es.generations=5", "checkpoint_every=2", "eval.kl_samples=0"]

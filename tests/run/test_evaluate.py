@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from es_repro.run.evaluate import evaluate, k3_per_token, kl_to_base
 from es_repro.engines.hf.backend import HFBackend
 from es_repro.engines.hf.generation import HFGenerator, token_logprobs
-from es_repro.tasks import build_task
-from es_repro.models.tiny import build_tiny_model
 from es_repro.engines.weights import ESWeights
+from es_repro.models.tiny import build_tiny_model
+from es_repro.run.evaluate import evaluate, k3_per_token, kl_to_base
+from es_repro.tasks import build_task
 
 
 def test_k3_matches_definition():

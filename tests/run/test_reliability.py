@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.config import ConfigError
-from es_repro.run.errors import DataError, RunStateError
 from es_repro.config.run_dirs import run_name
-from es_repro.run.log import RunLog
 from es_repro.es.loop import run_es
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.run.errors import DataError, RunStateError
+from es_repro.run.log import RunLog
 from tests.helpers import TINY, make_cfg
 
 REPO = Path(__file__).resolve().parents[2]

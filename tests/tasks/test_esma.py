@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from es_repro.es import strategy as es
+from es_repro.es.loop import run_es
 from es_repro.run.log import RunLog
 from es_repro.tasks import build_task, score
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
 from es_repro.tasks.esma import dprime_type2, esma_metrics, pair_rows, question_reward
-from es_repro.es.loop import run_es
 from tests.helpers import make_cfg
 
 QA = [("What is the capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["William Shakespeare", "Shakespeare"]),

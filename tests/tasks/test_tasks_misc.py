@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from es_repro.engines.hf.generation import cut_at_stop, render_prompt
+from es_repro.models.tiny import build_tiny_tokenizer
 from es_repro.tasks import TASKS, build_task, score
 from es_repro.tasks.conciseness import display_reward
-from es_repro.models.tiny import build_tiny_tokenizer
 
 
 @pytest.mark.parametrize("completion, target, expected", [("8", "8", 0.0), ("8.", "8", -1.0), ("", "Paris", -5.0),

@@ -27,13 +27,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from es_repro.es.strategy import Member
 from es_repro.engines.base import Backend
 from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
 from es_repro.engines.master import MODEL_FILE
 from es_repro.engines.vllm.checks import require_vllm
-from es_repro.tasks.base import Row, Task
+from es_repro.es.strategy import Member
 from es_repro.run.timing import Timer
+from es_repro.tasks.base import Row, Task
 
 WORKER_EXTENSION = "es_repro.engines.vllm.worker.ESWorkerExtension"
 
@@ -48,6 +48,7 @@ class VLLMBackend(Backend):
     def __init__(self, llm, tokenizer, *, model_cfg, model_dir: str, prompt_format: str, max_new_tokens: int,
                  stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
         import vllm  # the engine's own module (or a test's stand-in), imported by build()
+
         from es_repro.models.loading import load_model
 
         super().__init__(lambda: load_model(model_cfg)[0])  # the base model for KL, loaded as the HF backend does

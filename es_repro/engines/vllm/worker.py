@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 
 from es_repro.engines.master import MODEL_FILE, Master
 from es_repro.engines.weights import master_copy
-from es_repro.models.loading import DTYPES
 from es_repro.es.update_rules import build_update_rule
+from es_repro.models.loading import DTYPES
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 

@@ -21,16 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.fakes import fake_vllm
-from es_repro.engines.hf import backend as hf_backend
-from es_repro.engines.base import build_backend
-from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.config import ConfigError
-from es_repro.es.strategy import Member
-from es_repro.run.log import RunLog
-from es_repro.tasks import task_from_config
-from es_repro.run.timing import Timer
+from es_repro.engines.base import build_backend
+from es_repro.engines.hf import backend as hf_backend
 from es_repro.es.loop import run_es
+from es_repro.es.strategy import Member
+from es_repro.run.checkpoint import latest_checkpoint
+from es_repro.run.log import RunLog
+from es_repro.run.timing import Timer
+from es_repro.tasks import task_from_config
+from tests.fakes import fake_vllm
 from tests.helpers import make_cfg
 
 VLLM = ["generation.backend=vllm"]

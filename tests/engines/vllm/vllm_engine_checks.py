@@ -17,8 +17,8 @@ def _params(fn) -> set[str]:
 
 def test_the_installed_vllm_has_every_api_the_backend_uses():
     from vllm.engine.arg_utils import EngineArgs
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from es_repro.engines.vllm.backend import engine_args
     from tests.helpers import make_cfg
@@ -53,8 +53,8 @@ SMOL = ["generation.backend=vllm", "model=smollm2-135m", "generation.vllm.kv_cac
 
 
 def _backends(dtype: str, extra=()):
-    from es_repro.engines.hf import backend as hf_backend
     from es_repro.engines.base import build_backend
+    from es_repro.engines.hf import backend as hf_backend
     from es_repro.tasks import task_from_config
     from tests.helpers import make_cfg
 
@@ -154,8 +154,8 @@ def test_restore_returns_the_base_outputs_exactly(bf16):
 
 
 def _es_run(tmp_path, name: str, overrides: list[str]):
-    from es_repro.run.log import RunLog
     from es_repro.es.loop import run_es
+    from es_repro.run.log import RunLog
     from tests.helpers import make_cfg
 
     run = ["es.population=6", "es.generations=1", "es.sigma=3e-3", "eval.every=0", "eval.kl_prompts=2",

@@ -30,8 +30,9 @@ import torch
 from es_repro.engines.base import Backend
 from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
 from es_repro.engines.master import MODEL_FILE
-from es_repro.engines.vllm.checks import require_vllm
+from es_repro.engines.vllm.checks import check_engine_process, require_vllm, version_problem
 from es_repro.es.strategy import Member
+from es_repro.run import distributed
 from es_repro.run.timing import Timer
 from es_repro.tasks.base import Row, Task
 
@@ -301,12 +302,14 @@ def node_local_cache(env: dict) -> dict:
 def build(cfg, task: Task) -> VLLMBackend:
     """Engine first (vLLM sizes its memory from what is free at start), then the master on its workers."""
     require_vllm()
+    check_engine_process(dict(os.environ), distributed.world_size())
     os.environ.update(node_local_cache(dict(os.environ)))  # before vLLM reads its settings; its workers inherit it
     import vllm
     from transformers import AutoTokenizer
 
-    from es_repro.run import distributed
-
+    problem = version_problem(getattr(vllm, "__version__", "unknown"))
+    if problem:
+        print(f"[es-repro] WARNING: {problem}")
     v = cfg.generation.vllm
     model_dir, dtype = model_directory(cfg.model), engine_dtype(cfg.model)
     devices, turn, sharing, turns = distributed.placement(v.tensor_parallel_size)

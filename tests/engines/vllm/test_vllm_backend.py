@@ -73,7 +73,7 @@ def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command(tmp_
     assert not (tmp_path / "run").exists()  # nothing written
     message = str(err.value)
     assert "\n" not in message and "generation.backend=vllm" in message
-    assert "pip install vllm" in message and "scripts/setup_vllm_cpu.sh" in message
+    assert "pip install -e '.[vllm]'" in message and "scripts/setup_vllm_cpu.sh" in message
 
 
 @pytest.mark.parametrize("override, message", [
@@ -312,3 +312,24 @@ def test_es_master_device_reaches_the_worker(fake, monkeypatch):
     cfg = make_cfg(VLLM + ["es.master_device=cpu"])
     build_backend(cfg, _task(cfg))
     assert asked and set(asked) == {"cpu"}
+
+
+@pytest.mark.parametrize("version, problem", [("0.32.0", None), ("0.32.3+cpu", None), ("0.33.0", "outside the range"),
+                                              ("0.31.2", "outside the range"), ("dev", "no release number")])
+def test_a_vllm_outside_the_tested_range_is_named(version, problem):
+    from es_repro.engines.vllm.checks import version_problem
+
+    found = version_problem(version)
+    if problem is None:
+        assert found is None
+    else:
+        assert problem in found and version in found
+
+
+def test_an_in_process_engine_is_refused_in_a_run_of_several_processes():
+    from es_repro.engines.vllm.checks import check_engine_process
+
+    with pytest.raises(ConfigError, match="VLLM_ENABLE_V1_MULTIPROCESSING=0 .* run of 2 processes"):
+        check_engine_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, 2)
+    check_engine_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, 1)  # one process: the engine may share it
+    check_engine_process({}, 4)  # vLLM's default: the engine in its own process

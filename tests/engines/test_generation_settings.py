@@ -95,3 +95,24 @@ def test_static_cache_and_compiled_decode_give_the_eager_outputs_under_in_place_
         weights.restore()
     assert seen[0] == seen[2] and seen[0] != seen[1]  # the perturbation reached the compiled decode
     assert hasattr(model, "_compiled_call") == (compile == "on")  # transformers compiled the decode step (or not)
+
+
+@pytest.mark.slow
+def test_the_compiled_decode_compiles_once_for_every_prompt_width_in_a_bucket():
+    """Prompts of 4 different widths (one 64-token bucket) reuse the graph the first call compiled; without the
+    buckets the second width sizes another static cache and compiles again (measured: 2 graphs, not 1), and dynamo
+    falls back to eager past its recompile limit."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, tok = build_tiny_model(seed=3)
+    tok.padding_side = "left"
+    fast = HFGenerator(model, tok, prompt_format="raw", max_new_tokens=4, batch_size=2, repetition_penalty=1.0,
+                       cache="static", compile="on")
+    graphs = []
+    for words in (2, 5, 9, 12):
+        fast.generate([{"prompt": " ".join(["ab"] * words), "target": ""}, {"prompt": "xy", "target": ""}])
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert {width for _, width, _ in fast.calls} == {64}  # four prompt widths, one padded width
+    assert graphs == [graphs[0]] * 4 and graphs[0] >= 1  # compiled by the first call, never again

@@ -15,6 +15,9 @@ from es_repro.tasks.base import Row
 
 CACHES = ("dynamic", "static")  # generation.cache
 COMPILE_MODES = ("auto", "on", "off")  # generation.compile
+# generation.cache=static pads prompt widths to a multiple of this (left padding, masked): transformers sizes the
+# static cache, and with it every compiled decode shape, by the width, so each new width would recompile
+STATIC_WIDTH_BUCKET = 64
 
 
 def render_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> str:
@@ -86,7 +89,10 @@ class HFGenerator:
     def _generate_ids(self, texts: list[str], sample: bool, temperature: float, max_new_tokens: int | None
                       ) -> tuple[list[list[int]], list[list[int]]]:
         """Prompt ids (unpadded) and completion ids (up to and including EOS, no padding) of one batch."""
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        # a static cache is sized by the padded width: widths in buckets keep the compiled decode to a few shapes
+        bucket = STATIC_WIDTH_BUCKET if self.cache == "static" else None
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, pad_to_multiple_of=bucket,
+                             add_special_tokens=False).to(self.model.device)
         kwargs = dict(max_new_tokens=max_new_tokens or self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
         if sample:  # the model's own distribution (KL's k3 estimate needs it): no penalty
             kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0)

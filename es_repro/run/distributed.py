@@ -10,8 +10,8 @@ Launch:
 - torchrun: `torchrun --nproc_per_node=2 -m es_repro ...` sets RANK/WORLD_SIZE/MASTER_ADDR/...;
 - submitit (hydra/launcher=slurm_*): each SLURM task exports the same variables from its job environment
   (submitit.helpers.TorchDistributedEnvironment), so `tasks_per_node` x `nodes` processes join one group;
-- plain `srun python -m es_repro ...` in an allocation of several tasks: the ranks come from SLURM_PROCID,
-  SLURM_NTASKS, SLURM_LOCALID and the rendezvous from the job's first node (slurm_env). Across nodes gloo picks
+- plain `srun python -m es_repro ...`, a step of several tasks: the ranks come from SLURM_PROCID,
+  SLURM_STEP_NUM_TASKS, SLURM_LOCALID and the rendezvous from the step's first node (slurm_env). Across nodes gloo picks
   a network interface by the host name; where that resolves to the wrong one, name it: GLOO_SOCKET_IFNAME=ib0.
 
 The group uses gloo even on GPUs: a generation sends N floats, so NCCL would buy nothing, and gloo works on
@@ -22,6 +22,7 @@ members are in flight on it (`torchrun --nproc_per_node=4` on a 1-GPU node).
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Callable, Sequence, TypeVar
 
@@ -137,8 +138,6 @@ def placement(per_process: int = 1) -> tuple[list[int], int, int, int]:
     devices, local_sharing = local_device_group(per_process)
     if not active():
         return devices, 0, local_sharing, 1
-    import socket
-
     facts = all_gather_objects((socket.gethostname(), device_ids(devices)))
     turn, count = sharing(facts, rank())
     return devices, turn, count, max(sharing(facts, r)[1] for r in range(len(facts)))

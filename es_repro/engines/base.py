@@ -77,16 +77,17 @@ class Backend:
     # log-probabilities for KL -------------------------------------------------------------------------------
     def token_logprobs(self, pairs: Sequence[Pair], *, reference: bool = False) -> list[Any]:
         """Per-token log-probabilities of each completion under the current weights, or under the base model
-        (reference=True), as float32 tensors (for KL). Both come from HF models, so every engine's KL shares the
-        same numerics; with keep_reference off the models leave memory after the call."""
+        (reference=True), as float32 tensors (for KL). This default scores both with HF models (policy_model,
+        reference_model; with keep_reference off they leave memory after the call); an engine that can score
+        under both weights itself overrides it (vLLM)."""
         import torch
 
-        from es_repro.engines.hf.generation import token_logprobs
+        from es_repro.engines.hf.generation import batch_token_logprobs
 
         model = self.reference_model() if reference else self.policy_model()
         try:
             with eval_mode(model):
-                return [token_logprobs(model, p, c) for p, c in pairs]
+                return batch_token_logprobs(model, pairs)
         finally:
             if not self.keep_reference:
                 self.release_eval_models(reference)

@@ -8,11 +8,16 @@ from es_repro.run.errors import ConfigError
 def check(cfg) -> None:
     from es_repro.engines.base import BACKENDS
     from es_repro.engines.hf.generation import CACHES, COMPILE_MODES
+    from es_repro.engines.hf.packed import PACKED_WEIGHTS
 
     g = cfg.generation
     positive("generation.batch_size", g.batch_size)
     one_of("generation.cache", g.cache, CACHES)
     one_of("generation.compile", g.compile, COMPILE_MODES)
+    one_of("generation.packed_weights", g.packed_weights, PACKED_WEIGHTS)
+    if g.packed_weights == "on" and g.compile == "on":
+        raise ConfigError("generation.packed_weights=on cannot be combined with generation.compile=on (the compiled "
+                          "decode reads the weights itself); set one of them to auto/off")
     if g.repetition_penalty is not None:
         positive("generation.repetition_penalty", g.repetition_penalty)
     if g.backend not in BACKENDS and ":" not in g.backend:

@@ -6,6 +6,9 @@ drawn from a generator seeded with (member seed + tensor index). Entries of E_m 
 full-rank noise. Because the perturbation is low-rank, it never has to be written into W: forward hooks add
 sign*sigma/sqrt(r) * (x B_m) A_m^T to each layer's output, so k members share ONE batched forward (rows
 grouped member by member) instead of k separate passes. The update W += sum_m coeff_m E_m is one matmul.
+Factors are drawn in fp32 and used in the model's dtype inside the forward (a bf16 model's members see factors
+rounded to bf16, ~0.4% of the noise), in fp32 in the update.
+This is EGGROLL's algorithm (low-rank ES "at the hyperscale"), not the paper's: opt-in (docs/algorithm.md).
 """
 from __future__ import annotations
 
@@ -49,13 +52,20 @@ class LowRankESWeights(ESWeights):
         scale = torch.tensor([m.sign * sigma / math.sqrt(self.rank) for m in members])
         factors = {}
         for i in self.matrix_ids:
-            pairs = [lowrank_factors(self.params[i], i, m.seed, self.rank) for m in members]
-            factors[i] = (torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs]))
+            p = self.params[i]
+            pairs = [lowrank_factors(p, i, m.seed, self.rank) for m in members]
+            # the hooks run in the model's dtype (no fp32 round trip of bf16 activations), with the member's
+            # scale folded into A: two batched matmuls per layer and no other op
+            a = (torch.stack([a for a, _ in pairs]) * scale.to(p.device)[:, None, None]).to(p.dtype)
+            factors[i] = (a, torch.stack([b for _, b in pairs]).to(p.dtype))
         handles = []
         for module, i in self.users:
             a, b = factors[i]
-            hook = _embedding_hook if isinstance(module, nn.Embedding) else _linear_hook
-            handles.append(module.register_forward_hook(hook(a, b, scale.to(a.device), k)))
+            if isinstance(module, nn.Embedding):
+                hook = _embedding_hook(a, b.transpose(1, 2), k)
+            else:
+                hook = _linear_hook(a.transpose(1, 2), b, k)
+            handles.append(module.register_forward_hook(hook))
         try:
             yield
         finally:
@@ -88,19 +98,17 @@ def _grouped(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(k, -1, x.shape[-1])
 
 
-def _linear_hook(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, k: int):
+def _linear_hook(a_t: torch.Tensor, b: torch.Tensor, k: int):
+    """output + (x B_m) (scale_m A_m)^T per member block; a_t: (k, r, out), b: (k, in, r)."""
     def hook(module, args, output):
-        x = _grouped(args[0], k).to(b.dtype)  # (k, rows*T, in)
-        delta = torch.bmm(torch.bmm(x, b) * scale[:, None, None], a.transpose(1, 2))  # (k, rows*T, out)
-        return output + delta.reshape(output.shape).to(output.dtype)
+        return torch.baddbmm(_grouped(output, k), torch.bmm(_grouped(args[0], k), b), a_t).reshape(output.shape)
     return hook
 
 
-def _embedding_hook(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, k: int):
+def _embedding_hook(a: torch.Tensor, b_t: torch.Tensor, k: int):
+    """output + scale_m A_m[ids] B_m^T per member block; a: (k, vocab, r), b_t: (k, r, dim)."""
     def hook(module, args, output):
         ids = args[0].reshape(k, -1)  # (k, rows*T)
         rows = a[torch.arange(k, device=ids.device)[:, None], ids]  # (k, rows*T, r)
-        delta = torch.bmm(rows * scale[:, None, None], b.transpose(1, 2))  # (k, rows*T, dim)
-        return output + delta.reshape(output.shape).to(output.dtype)
+        return torch.baddbmm(_grouped(output, k), rows, b_t).reshape(output.shape)
     return hook
-

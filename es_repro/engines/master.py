@@ -31,9 +31,18 @@ class Master:
         self.noise_mode, self.noise_dtype = noise_mode, noise_dtype
         self.rule = rule if rule is not None else SGD()
         self.rule.bind(self.master_state())
+        # seed -> its noise per tensor, kept from the perturbation for the update (es.noise_cache) or for the
+        # mirrored member of an antithetic pair: the same bits, drawn once
+        self.kept: dict[int, list[torch.Tensor]] = {}
+
+    def draw(self, i: int, seed: int) -> torch.Tensor:
+        """eps_i(seed), freshly drawn."""
+        return tensor_noise(self.like[i], i, seed, self.noise_mode, self.noise_dtype)
 
     def noise(self, i: int, seed: int) -> torch.Tensor:
-        return tensor_noise(self.like[i], i, seed, self.noise_mode, self.noise_dtype)
+        """eps_i(seed): the kept copy, else drawn."""
+        kept = self.kept.get(seed)
+        return kept[i] if kept is not None else self.draw(i, seed)
 
     def combined_noise(self, i: int, seed_coeffs: Sequence[tuple[int, float]]) -> torch.Tensor:
         """delta_i = sum_k coeff_k * eps_i(seed_k) in fp32 on the noise's device, in the order given (mirrored pairs
@@ -52,6 +61,7 @@ class Master:
         for i, (name, m) in enumerate(zip(self.names, self.master)):
             self.rule.step(name, m, self.combined_noise(i, seed_coeffs).to(m.device))
             yield i
+        self.kept.clear()  # the generation is over: its noise is not needed again
 
     def master_state(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.master))
@@ -64,6 +74,7 @@ class Master:
             raise ValueError(f"checkpoint does not match the model: missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}")
         for n, m in zip(self.names, self.master):
             m.copy_(state[n])
+        self.kept.clear()
 
     # the checkpoint payload -----------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

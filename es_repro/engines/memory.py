@@ -9,8 +9,8 @@ in bytes per GPU of one process's device group:
 - update/perturb buffers: the largest tensor's noise, its fp32 delta and their temporaries;
 - KV cache and activations of one generate call (HF backend; vLLM's live inside its share);
 - the engine's share: generation.vllm.gpu_memory_utilization / (engines sharing the GPU) of the card;
-- evaluation copies: the base model for KL (and, on vLLM, an HF copy of the current weights), one at a time with
-  eval.keep_base_model=false, and the KL forward's logits;
+- evaluation copies: the base model for KL, loaded per evaluation with eval.keep_base_model=false (HF engines;
+  vLLM scores KL in its engine, the base weights waiting in host memory), and the KL forward's logits;
 - the CUDA context and allocator slack.
 es.master_device=auto puts the master beside the model when that fits and in pinned host memory when only that
 fits (resolve_master_device); a run that fits neither way is refused in one line naming the levers.
@@ -88,12 +88,16 @@ def model_shape(model_cfg) -> ModelShape | None:
 class Plan:
     gpu_bytes: int
     rows: list[tuple[str, int, str]] = field(default_factory=list)  # (term, bytes per GPU, note)
-    host_bytes: int = 0  # pinned host memory (the master with es.master_device=cpu)
+    host: list[tuple[str, int, str]] = field(default_factory=list)  # host memory of one process: (term, bytes, note)
     problems: list[str] = field(default_factory=list)  # what cannot work whatever the total (vLLM's share)
 
     @property
     def total(self) -> int:
         return sum(b for _, b, _ in self.rows)
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(b for _, b, _ in self.host)
 
     @property
     def fits(self) -> bool:
@@ -103,8 +107,7 @@ class Plan:
         lines = ["| per GPU | GiB | |", "|---|---|---|"]
         lines += [f"| {name} | {b / GIB:.2f} | {note} |" for name, b, note in self.rows]
         lines.append(f"| **total** | **{self.total / GIB:.2f}** | of {self.gpu_bytes / GIB:.0f} GiB |")
-        if self.host_bytes:
-            lines.append(f"| (pinned host memory) | {self.host_bytes / GIB:.2f} | the master, off the GPU |")
+        lines += [f"| (host memory) {name} | {b / GIB:.2f} | {note} |" for name, b, note in self.host]
         return "\n".join(lines)
 
 
@@ -135,7 +138,7 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
          "es.master_device=cpu: in pinned host memory" if not master_on_gpu else
          ("on every tensor-parallel GPU" if tp > 1 else "beside the model")))
     if not master_on_gpu:
-        plan.host_bytes = P * 4 * tp
+        plan.host.append(("master (fp32)", P * 4 * tp, "pinned, off the GPU" + (f"; {tp} workers" if tp > 1 else "")))
     if not vllm and cfg.es.antithetic and cfg.es.reuse_pair_noise:
         add(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))
     add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
@@ -145,11 +148,15 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
         act = batch * cfg.task.max_prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * b + batch * shape.vocab * 4
         add(("KV cache", kv, f"batch {batch} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
         add(("activations", act, f"prefill of {batch} x {cfg.task.max_prompt_tokens} tokens"))
-    copies = (2 if vllm else 1) if cfg.eval.keep_base_model else 1
-    what = "base model" + (" + HF copy of the current weights" if vllm else "")
-    add(("evaluation copies", copies * P * b if cfg.eval.kl_samples else 0,
-         f"{what}{', kept' if cfg.eval.keep_base_model else ', one at a time (eval.keep_base_model=false)'}"))
-    add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0, f"{kl_len} tokens"))
+    if vllm:  # the engine scores KL; each worker keeps the base weights in host memory to write them in for it
+        add(("evaluation copies", 0, "none: the engine scores KL under the base weights written in from host memory"))
+        if cfg.eval.kl_samples:
+            plan.host.append(("base weights for KL", P * b * tp, f"{dtype}, on every worker"))
+    else:
+        add(("evaluation copies", P * b if cfg.eval.kl_samples else 0, "base model" + (
+            ", kept" if cfg.eval.keep_base_model else ", loaded per evaluation (eval.keep_base_model=false)")))
+    add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0, f"{kl_len} tokens"
+         + (" (vLLM's prompt log-probabilities, beyond its profiled share)" if vllm else "")))
     add(("CUDA context and slack", CONTEXT_BYTES, ""))
     if not vllm and sharing > 1:  # members in flight: every process on the GPU holds all of the above
         add(("other processes on this GPU", (sharing - 1) * plan.total, f"{sharing} processes share it"))
@@ -161,7 +168,7 @@ def levers(cfg, plan: Plan) -> list[str]:
     out = []
     if cfg.es.master_device != "cpu":
         out.append("es.master_device=cpu")
-    if cfg.eval.keep_base_model and cfg.eval.kl_samples:
+    if cfg.eval.keep_base_model and cfg.eval.kl_samples and cfg.generation.backend != "vllm":
         out.append("eval.keep_base_model=false")
     if cfg.generation.backend == "vllm":
         out += ["generation.vllm.tensor_parallel_size", "generation.vllm.gpu_memory_utilization"]

@@ -38,13 +38,14 @@ class ESWeights(Master):
     """A model's unique parameters (the working copy) and their fp32 master."""
 
     def __init__(self, model: torch.nn.Module, noise_mode: str = "iid", noise_dtype: str = "param",
-                 rule: SGD | None = None, master_device: str = "auto"):
+                 rule: SGD | None = None, master_device: str = "auto", keep_for_update: bool = False):
         self.model = model
         named = unique_parameters(model)
         self.params = [p for _, p in named]
         for p in self.params:
             p.requires_grad_(False)
-        self._kept: tuple[int, list[torch.Tensor]] | None = None  # (seed, noise) held by perturb(keep_noise=True)
+        # es.noise_cache: every member's noise stays in memory until the update, which then draws nothing
+        self.keep_for_update = keep_for_update
         super().__init__([n for n, _ in named], [master_copy(p, master_device) for p in self.params], self.params,
                          noise_mode, noise_dtype, rule)
 
@@ -53,16 +54,18 @@ class ESWeights(Master):
         """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released).
         keep_noise: hold eps(seed) for the next call with the same seed (the mirrored member of an antithetic
         pair), so a pair draws its noise once (same bits; one model-size copy of noise held in between)."""
-        kept = self._kept[1] if self._kept is not None and self._kept[0] == seed else None
-        self._kept = None
+        kept = self.kept.get(seed)
+        if not self.keep_for_update:
+            self.kept.clear()  # a pair's held noise lives until its mirrored member, never longer
+        keep = kept is None and (keep_noise or self.keep_for_update)
         noises = []
         for i, p in enumerate(self.params):
-            eps = kept[i] if kept is not None else self.noise(i, seed)
+            eps = kept[i] if kept is not None else self.draw(i, seed)
             p.add_(scale * eps)
-            if keep_noise:
+            if keep:
                 noises.append(eps)
-        if keep_noise:
-            self._kept = (seed, noises)
+        if keep:
+            self.kept[seed] = noises
 
     @torch.no_grad()
     def restore(self) -> None:

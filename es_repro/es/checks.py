@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
 from es_repro.config.schema import MASTER_DEVICES
-from es_repro.es.noise import NOISE_DTYPES, NOISE_MODES
+from es_repro.es.noise import NOISE_CACHE, NOISE_DTYPES, NOISE_MODES
 from es_repro.es.strategy import FITNESS_SHAPING, SEED_STREAMS
 from es_repro.es.update_rules import UPDATES
 from es_repro.run.errors import ConfigError
@@ -25,6 +25,7 @@ def check(cfg) -> None:
         raise ConfigError(f"es.momentum={es.momentum} is not allowed; it must be in [0, 1)")
     one_of("es.noise_dtype", es.noise_dtype, NOISE_DTYPES)
     one_of("es.master_device", es.master_device, MASTER_DEVICES)
+    one_of("es.noise_cache", es.noise_cache, NOISE_CACHE)
     one_of("es.seed_stream", es.seed_stream, SEED_STREAMS)
     if not 0.0 <= es.decay < 1.0:
         raise ConfigError(f"es.decay={es.decay} is not allowed; it must be in [0, 1)")

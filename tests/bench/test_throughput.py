@@ -131,6 +131,7 @@ def test_bench_limit_column_and_forced_tokens():
     expected = sum(generation_limit_s(shape_of(backend.model), batch=b, width=w, steps=t, bytes_per_value=4,
                                       bandwidth=1e9, peak_flops=1e11) for b, w, t in calls)
     assert r["limit_s"] == pytest.approx(expected) and r["of_limit"] == pytest.approx(expected / r["generate_s"])
+    assert r["ms_per_step"] == pytest.approx(1000 * r["generate_s"] / sum(t for _, _, t in calls))
 
 
 def test_bench_cli_cuts_prompts_and_prints_the_limit_column(capsys):

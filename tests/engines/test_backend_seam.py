@@ -74,15 +74,19 @@ def test_an_engine_path_from_before_the_move_still_loads_with_a_warning():
         assert backend_factory("es_repro.hf_backend:build") is hf_backend.build
 
 
-@pytest.mark.parametrize("rule", ["sgd", "momentum"])
-def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule, monkeypatch):
+@pytest.mark.parametrize("rule, lowrank", [("sgd", []), ("momentum", []),
+                                           ("sgd", ["es.lowrank=2", "es.antithetic=true", "es.members_per_forward=3"]),
+                                           ("momentum", ["es.lowrank=1", "es.members_per_forward=6"])])
+def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule, lowrank, monkeypatch):
+    """Full rank and low-rank members (with antithetic pairs split across batched forwards) alike."""
     from es_repro.engines.hf import backend as hf_backend
 
     overrides = [f"es.update={rule}", "es.generations=5", "checkpoint_every=2", "es.decay=0.05", "eval.kl_samples=0",
-                 "model.dtype=bfloat16"]
+                 "model.dtype=bfloat16", *lowrank]
     cfg = make_cfg(overrides)
     run_es(cfg, tmp_path / "full")
     final = load_file(latest_checkpoint(tmp_path / "full") / "model.safetensors")
+    assert RunLog(tmp_path / "full").info()["backend"]["name"] == ("hf-lowrank" if lowrank else "hf")
 
     calls = {"n": 0}
     real = hf_backend.HFBackend.fitness

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from es_repro.engines import master as master_module
 from es_repro.engines.weights import ESWeights
 from es_repro.es.noise import tensor_noise
 from es_repro.es.update_rules import SGD, Momentum
@@ -106,25 +107,62 @@ def test_tied_weights_are_perturbed_once():
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_mirrored_pair_draws_its_noise_once_with_the_same_bits(dtype):
-    model, _ = build_tiny_model(seed=2)
-    model.to(dtype)
-    reused, fresh = ESWeights(model, "iid"), ESWeights(build_tiny_model(seed=2)[0].to(dtype), "iid")
+def count_draws(monkeypatch) -> list:
+    """Every tensor_noise call the masters make, as (index, seed)."""
     calls = []
-    draw = reused.noise
-    reused.noise = lambda i, seed: calls.append((i, seed)) or draw(i, seed)
-    for scale, keep in ((0.05, True), (-0.05, False)):  # the pair (+s, -s) as HFBackend evaluates it
+    monkeypatch.setattr(master_module, "tensor_noise", lambda p, i, seed, *a: calls.append((i, seed)) or tensor_noise(p, i, seed, *a))
+    return calls
+
+
+def perturbed_copies(weights: ESWeights, seed: int, scales) -> list[list[torch.Tensor]]:
+    """The working weights after perturb(seed, scale) for each scale, each restored after."""
+    out = []
+    for scale in scales:
+        weights.perturb(seed, scale)
+        out.append([p.detach().clone() for p in weights.params])
+        weights.restore()
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mirrored_pair_draws_its_noise_once_with_the_same_bits(dtype, monkeypatch):
+    reused = ESWeights(build_tiny_model(seed=2)[0].to(dtype), "iid")
+    fresh = ESWeights(build_tiny_model(seed=2)[0].to(dtype), "iid")
+    expected = perturbed_copies(fresh, 41, (0.05, -0.05)) + perturbed_copies(fresh, 42, (0.05,))
+    calls = count_draws(monkeypatch)
+    for (scale, keep), want in zip(((0.05, True), (-0.05, False)), expected):  # the pair (+s, -s) as HFBackend runs it
         reused.perturb(41, scale, keep_noise=keep)
-        fresh.perturb(41, scale)
-        assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
-        reused.restore(), fresh.restore()
+        assert all(torch.equal(a, b) for a, b in zip(reused.params, want))
+        reused.restore()
     assert len(calls) == len(reused.params)  # one draw per tensor for the whole pair
-    assert reused._kept is None  # the mirrored member released the held noise
+    assert not reused.kept  # the mirrored member released the held noise
     # a kept noise is never used for another seed
     reused.perturb(41, 0.05, keep_noise=True), reused.restore()
-    reused.perturb(42, 0.05), fresh.perturb(42, 0.05)
-    assert all(torch.equal(a, b) for a, b in zip(reused.params, fresh.params))
+    reused.perturb(42, 0.05)
+    assert all(torch.equal(a, b) for a, b in zip(reused.params, expected[2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_noise_kept_for_the_update_gives_the_same_bits_and_no_draws(dtype, antithetic, monkeypatch):
+    """es.noise_cache: every member's noise is held from its perturbation, so the update draws nothing; the
+    master and working weights land on the same bits as when the update redraws every noise."""
+    members = [(7, 1), (7, -1), (9, 1), (9, -1)] if antithetic else [(7, 1), (8, 1), (9, 1), (10, 1)]
+    update = [(7, 0.3), (9, -0.2)] if antithetic else [(7, 0.3), (8, -0.1), (9, -0.2), (10, 0.05)]
+    cached = ESWeights(build_tiny_model(seed=3)[0].to(dtype), "iid", keep_for_update=True)
+    redrawn = ESWeights(build_tiny_model(seed=3)[0].to(dtype), "iid")
+    for weights in (redrawn, cached):
+        calls = count_draws(monkeypatch)
+        for seed, sign in members:
+            weights.perturb(seed, sign * 0.01)
+            weights.restore()
+        draws_per_member = len(calls)
+        weights.apply_update(update)
+    assert draws_per_member == len({s for s, _ in members}) * len(cached.params)  # each seed drawn once
+    assert len(calls) == draws_per_member  # the update drew nothing
+    assert not cached.kept  # released after the update
+    assert all(torch.equal(a, b) for a, b in zip(cached.master, redrawn.master))
+    assert all(torch.equal(a, b) for a, b in zip(cached.params, redrawn.params))
 
 
 def test_update_with_a_repeated_seed_equals_the_sum_drawn_per_member():
@@ -138,3 +176,17 @@ def test_update_with_a_repeated_seed_equals_the_sum_drawn_per_member():
         for seed, coeff in seed_coeffs:  # the definition: every member's noise drawn afresh
             delta.add_(tensor_noise(m0, i, seed, "iid"), alpha=coeff)
         assert torch.equal(m, m0 + delta)
+
+
+def test_noise_cache_auto_keeps_noise_only_when_it_fits(monkeypatch):
+    from es_repro.es import noise
+
+    params = [torch.zeros(1000), torch.zeros(10, 100, dtype=torch.bfloat16)]  # 4000 + 2000 bytes of noise per seed
+    monkeypatch.setattr(noise, "available_memory_bytes", lambda: 4 * 6000 * 8)
+    assert noise.keep_noise_for_update("auto", params, "param", seeds=8)  # exactly a quarter: kept
+    assert not noise.keep_noise_for_update("auto", params, "param", seeds=9)
+    assert not noise.keep_noise_for_update("auto", params, "float32", seeds=8)  # fp32 noise for the bf16 tensor
+    assert noise.keep_noise_for_update("on", params, "param", seeds=10**6)
+    assert not noise.keep_noise_for_update("off", params, "param", seeds=1)
+    with pytest.raises(ValueError, match="es.noise_cache='maybe'"):
+        noise.keep_noise_for_update("maybe", params, "param", seeds=1)

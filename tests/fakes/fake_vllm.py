@@ -3,11 +3,13 @@
 ``install()`` puts this module in sys.modules as ``vllm``. Its LLM mirrors the parts of vLLM's API the backend uses:
 - the worker: the real ESWorkerExtension mixed into a FakeWorker (as vLLM mixes it into its Worker) over a plain HF
   model; ``model_runner.reload_weights`` / ``get_model().load_weights`` copy HF-named tensors into that model, so
-  what the engine holds can be compared with the HF backend's parameters directly;
+  what the engine holds can be compared with the HF backend's parameters directly (``get_model()`` also lists the
+  model's parameters and modules, as vLLM's model does);
 - ``collective_rpc`` calls the worker method by name and refuses any argument that is not an int, float, string
   (or a list of them): the boundary the real engine serializes;
 - ``generate``: HF generate one prompt at a time (greedy or seeded sampling, stop strings, repetition penalty,
-  EOS kept), so HFGenerator with generation.batch_size=1 computes the same thing;
+  EOS kept), so HFGenerator with generation.batch_size=1 computes the same thing; ``prompt_logprobs=0`` adds each
+  prompt token's log-probability from one HF forward of the prompt, as HF's token_logprobs computes it;
 - every call is appended to ``events`` (rpc name, "reset", "generate") and every SamplingParams is kept, so tests
   can check the order of weight writes and prefix-cache resets and what was asked of the engine.
 """
@@ -26,7 +28,7 @@ __version__ = "0.0-fake"
 class SamplingParams:
     DEFAULTS = dict(n=1, temperature=1.0, top_p=1.0, top_k=0, seed=None, stop=None, max_tokens=16,
                     repetition_penalty=1.0, include_stop_str_in_output=False, skip_special_tokens=True, min_tokens=0,
-                    ignore_eos=False)
+                    ignore_eos=False, prompt_logprobs=None, detokenize=True)
 
     def __init__(self, **kwargs):
         unknown = set(kwargs) - set(self.DEFAULTS)
@@ -40,8 +42,9 @@ class FakeModelRunner:
     def __init__(self, model):
         self.model = model
         self.loads: list[list[str]] = []  # names written by each reload/load
+        self.paths: list[str] = []  # "reload" or "direct", per write
 
-    def _copy(self, weights) -> None:
+    def _copy(self, weights, path: str) -> None:
         params = dict(self.model.named_parameters(remove_duplicate=True))
         names = []
         with torch.no_grad():
@@ -49,13 +52,30 @@ class FakeModelRunner:
                 params[name].copy_(tensor)
                 names.append(name)
         self.loads.append(names)
+        self.paths.append(path)
 
     def reload_weights(self, weights_iterator=None, weights_path=None, is_checkpoint_format=True) -> None:
         assert weights_iterator is not None and is_checkpoint_format
-        self._copy(weights_iterator)
+        self._copy(weights_iterator, "reload")
 
     def get_model(self):
-        return SimpleNamespace(load_weights=lambda weights: self._copy(weights))
+        return FakeEngineModel(self)
+
+
+class FakeEngineModel:
+    """What get_model() returns: load_weights writes into the HF model; its parameters and modules are listed."""
+
+    def __init__(self, runner: FakeModelRunner):
+        self.runner = runner
+
+    def load_weights(self, weights) -> None:
+        self.runner._copy(weights, "direct")
+
+    def named_parameters(self, *args, **kwargs):
+        return self.runner.model.named_parameters(*args, **kwargs)
+
+    def modules(self):
+        return self.runner.model.modules()
 
 
 class FakeWorker:
@@ -126,7 +146,17 @@ class LLM:
         if eos in out and not sp.ignore_eos:
             out = out[: out.index(eos) + 1]
         completion = SimpleNamespace(token_ids=out, text=self.tokenizer.decode(out, skip_special_tokens=True))
-        return SimpleNamespace(prompt_token_ids=ids, outputs=[completion])
+        return SimpleNamespace(prompt_token_ids=ids, outputs=[completion],
+                               prompt_logprobs=self._prompt_logprobs(ids, sp))
+
+    def _prompt_logprobs(self, ids: list[int], sp: SamplingParams):
+        if sp.prompt_logprobs is None:
+            return None
+        assert sp.prompt_logprobs == 0, "the backend asks for the actual tokens' log-probabilities only"
+        from es_repro.engines.hf.generation import token_logprobs
+
+        logprobs = token_logprobs(self.model, ids[:1], ids[1:]).tolist()
+        return [None] + [{t: SimpleNamespace(logprob=lp)} for t, lp in zip(ids[1:], logprobs)]
 
 
 @dataclasses.dataclass

@@ -252,7 +252,9 @@ def test_probe_on_tiny_random_end_to_end(tmp_path):
     assert (tmp_path / "report_binary.md").is_file() and (tmp_path / "best_of_n_binary.png").is_file()
 
 
-def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["es.lowrank=1"]])
+def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_path, mode):
+    """The probe's member path, full rank and low-rank (the probe runs either)."""
     import torch
 
     from es_repro.engines.base import build_backend
@@ -260,7 +262,7 @@ def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_
     from es_repro.run.timing import Timer
     from es_repro.tasks import build_task
 
-    cfg = probe_cfg(["model=tiny-random", "task=synthetic"])
+    cfg = probe_cfg(["model=tiny-random", "task=synthetic", *mode])
     task = build_task("synthetic", 4, 4, 0, {"target_char": "a"})
     backend = build_backend(cfg, task)
     before = [p.clone() for p in backend.weights.params]

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
+from es_repro.engines.hf import generation
 from es_repro.engines.hf.backend import HFBackend
-from es_repro.engines.hf.generation import HFGenerator, token_logprobs
+from es_repro.engines.hf.generation import HFGenerator, batch_token_logprobs, token_logprobs
 from es_repro.engines.weights import ESWeights
 from es_repro.models.tiny import build_tiny_model
 from es_repro.run.evaluate import evaluate, k3_per_token, kl_to_base
@@ -29,6 +30,23 @@ def test_token_logprobs_match_a_manual_forward():
     logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
     manual = [torch.log_softmax(logits[2], -1)[40], torch.log_softmax(logits[3], -1)[50]]
     torch.testing.assert_close(lp, torch.stack(manual))
+
+
+@pytest.mark.parametrize("budget_rows", [1, 3, 100])
+def test_batched_logprobs_equal_one_forward_per_pair(budget_rows, monkeypatch):
+    """Right-padded batches (sorted by length, split by the logits budget) score each pair as its own forward."""
+    model, _ = build_tiny_model(seed=4)
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randint(0, 250, (n,), generator=gen).tolist(), torch.randint(0, 250, (m,), generator=gen).tolist())
+             for n, m in [(5, 3), (2, 9), (7, 1), (3, 4), (9, 6)]]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(generation, "LOGIT_BYTES_PER_BATCH", budget_rows * 15 * vocab * 4)
+    forwards = []
+    model.register_forward_hook(lambda mod, args, kwargs, out: forwards.append(kwargs["input_ids"].shape), with_kwargs=True)
+    batched = batch_token_logprobs(model, pairs)
+    assert len(forwards) == {1: 5, 3: 2, 100: 1}[budget_rows]  # rows of at most 15 tokens: budget_rows per forward
+    for (p, c), lp in zip(pairs, batched):
+        torch.testing.assert_close(lp, token_logprobs(model, p, c), rtol=1e-5, atol=1e-5)
 
 
 def _backend(model, tok, task, base):

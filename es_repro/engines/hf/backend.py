@@ -19,8 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.engines.base import Backend, eval_mode
 from es_repro.engines.hf.generation import HFGenerator
+from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
 from es_repro.engines.lowrank import LowRankESWeights
-from es_repro.engines.weights import ESWeights
+from es_repro.engines.weights import ESWeights, unique_parameters
+from es_repro.es.noise import keep_noise_for_update
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import build_update_rule
 from es_repro.run.timing import Timer
@@ -143,12 +145,22 @@ def make_generator(cfg, task: Task, model, tokenizer) -> HFGenerator:
                        compile=cfg.generation.compile)
 
 
+def pack_weights(cfg, model) -> bool:
+    """generation.packed_weights (es_repro/engines/hf/packed.py); never under a compiled decode."""
+    if cfg.generation.compile == "on" or not use_packed_weights(cfg.generation.packed_weights, model):
+        return False
+    return install_packed_linears(model) > 0
+
+
 def make_weights(model, es_cfg) -> ESWeights:
     """The ES view of a model for an ESConfig: full-rank noise (default) or low-rank population mode."""
     rule = build_update_rule(es_cfg)
     if es_cfg.lowrank:
         return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule)
-    return ESWeights(model, es_cfg.noise, es_cfg.noise_dtype, rule, master_device=es_cfg.master_device)
+    seeds = es_cfg.population // 2 if es_cfg.antithetic else es_cfg.population
+    keep = keep_noise_for_update(es_cfg.noise_cache, [p for _, p in unique_parameters(model)], es_cfg.noise_dtype, seeds)
+    return ESWeights(model, es_cfg.noise, es_cfg.noise_dtype, rule, master_device=es_cfg.master_device,
+                     keep_for_update=keep)
 
 
 def build(cfg, task: Task) -> HFBackend:
@@ -156,6 +168,7 @@ def build(cfg, task: Task) -> HFBackend:
     from es_repro.models.loading import load_model  # local: models pulls in the model-file machinery
 
     model, tokenizer = load_model(cfg.model)
+    pack_weights(cfg, model)
     args = (model, tokenizer, make_generator(cfg, task, model, tokenizer), make_weights(model, cfg.es))
     reference = lambda: load_model(cfg.model)[0]  # noqa: E731
     if cfg.es.lowrank:

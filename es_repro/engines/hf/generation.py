@@ -148,6 +148,42 @@ def token_logprobs(model: PreTrainedModel, prompt_ids: list[int], completion_ids
     return F.log_softmax(logits, dim=-1).gather(-1, ids[0, len(prompt_ids) :, None].to(logits.device))[:, 0]
 
 
+LOGIT_BYTES_PER_BATCH = 2**30  # batch_token_logprobs: the most logits one forward may hold
+
+
+@torch.no_grad()
+def batch_token_logprobs(model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+    """token_logprobs of every (prompt, completion) pair, several pairs per forward: right-padded (a real token
+    never attends to a later pad, and positions count from 0 as unpadded), similar lengths together, as many rows
+    as keep the forward's logits under LOGIT_BYTES_PER_BATCH. Equal to one forward per pair up to float rounding."""
+    out: list[torch.Tensor | None] = [None] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    value_bytes = next(model.parameters()).element_size()
+    start = 0
+    while start < len(order):
+        width = len(pairs[order[start]][0]) + len(pairs[order[start]][1])
+        end = start + 1  # grow the batch while the widest row's logits for all rows stay under the budget
+        while end < len(order):
+            wider = len(pairs[order[end]][0]) + len(pairs[order[end]][1])
+            if (end - start + 1) * wider * vocab * value_bytes > LOGIT_BYTES_PER_BATCH:
+                break
+            width, end = wider, end + 1
+        batch = [pairs[k][0] + pairs[k][1] for k in order[start:end]]
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        for row, k in enumerate(order[start:end]):
+            prompt, completion = pairs[k]
+            rows = logits[row, len(prompt) - 1 : len(prompt) + len(completion) - 1].float()
+            target = torch.tensor(completion, device=rows.device)[:, None]
+            out[k] = F.log_softmax(rows, dim=-1).gather(-1, target)[:, 0]
+        start = end
+    return out
+
+
 def _trim(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
     """Cut a generated row after its first EOS (kept) or at its first padding token."""
     if eos_id is not None and eos_id in ids:

@@ -6,20 +6,23 @@ es_repro/run/distributed.py, so SLURM, resume and replay are unchanged. The driv
   member), generate greedily, score; one restore at the end. After EVERY weight change the prefix cache is reset
   and the reset checked: vLLM caches KV by token prefix, so without it a member would reuse KV computed under
   another member's weights.
+- weight writes (generation.vllm.weight_write): auto = direct on CUDA when a start-up self-check shows that a direct
+  write leaves every engine tensor as vLLM's own reload does, else reload (vLLM-CPU: reload, its direct write fails).
 - greedy decoding as the HF backend: temperature 0, the same prompt token ids (render_prompt, no special tokens),
   the task's stop strings kept in the output, the resolved generation.repetition_penalty; completions decoded
   with the HF tokenizer and cut by cut_at_stop, exactly as HFGenerator does.
-- KL samples come from the engine (seeded per request, no penalty); their log-probabilities come from HF models:
-  the current weights as cast(master) (written by the worker to a file, loaded into an HF copy when the weights
-  changed since the last evaluation) and the base model, so both sides of k3 share the HF backend's numerics.
+- KL samples come from the engine (seeded per request, no penalty), and so do their log-probabilities: each
+  (prompt, completion) goes back in as a prompt with prompt_logprobs=0, and vLLM returns log p of every actual
+  token (float32 log_softmax of the model's logits). The base model's come from the same engine with the base
+  weights written in (kept in host memory on the workers) and cast(master) written back after: no HF model on
+  the device, no model file per evaluation.
 - checkpoints: the HF backend's files (model.safetensors, master.safetensors, update_rule.safetensors), so a run
   resumes on either engine.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
@@ -27,9 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from es_repro.engines.base import Backend
+from es_repro.engines.base import Backend, Pair
 from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
-from es_repro.engines.master import MODEL_FILE
 from es_repro.engines.vllm.checks import check_engine_process, require_vllm, version_problem
 from es_repro.es.strategy import Member
 from es_repro.run import distributed
@@ -37,6 +39,8 @@ from es_repro.run.timing import Timer
 from es_repro.tasks.base import Row, Task
 
 WORKER_EXTENSION = "es_repro.engines.vllm.worker.ESWorkerExtension"
+# weight_write=auto's probe member: a step of 1.0 changes every tensor in any dtype (never generated with)
+PROBE_SEED, PROBE_SCALE = 2**31 - 1, 1.0
 
 
 class PrefixCacheResetFailed(RuntimeError):
@@ -46,13 +50,11 @@ class PrefixCacheResetFailed(RuntimeError):
 class VLLMBackend(Backend):
     name = "vllm"
 
-    def __init__(self, llm, tokenizer, *, model_cfg, model_dir: str, prompt_format: str, max_new_tokens: int,
+    def __init__(self, llm, tokenizer, *, model_dir: str, prompt_format: str, max_new_tokens: int,
                  stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
         import vllm  # the engine's own module (or a test's stand-in), imported by build()
 
-        from es_repro.models.loading import load_model
-
-        super().__init__(lambda: load_model(model_cfg)[0])  # the base model for KL, loaded as the HF backend does
+        super().__init__()  # no HF reference model: the engine scores KL under the base weights itself
         self._vllm = vllm
         self.llm, self.tokenizer, self.model_dir = llm, tokenizer, model_dir
         self.prompt_format, self.max_new_tokens = prompt_format, max_new_tokens
@@ -61,11 +63,14 @@ class VLLMBackend(Backend):
         self.generated_tokens = 0
         self.min_new_tokens = 0  # the benchmark forces full-length generations with it
         self.calls: list[tuple[int, int, int]] = []  # (requests, longest prompt, longest completion) per generate
-        self.version = 0  # bumped by every change of the master: the evaluation's HF copy is rebuilt when stale
-        self._policy, self._policy_version = None, -1
+        self.write_times: list[float] = []  # seconds of each member's weight write in the last member_completions
 
     def describe(self) -> dict:
         return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}
+
+    def update_stats(self) -> dict:
+        """The mean write time of this process's members in the generation (the weight_write mode is in run.json)."""
+        return {"write_s_per_member": sum(self.write_times) / len(self.write_times)} if self.write_times else {}
 
     # engine calls ---------------------------------------------------------------------------------------------
     def _rpc(self, method: str, *args) -> list:
@@ -76,13 +81,61 @@ class VLLMBackend(Backend):
             raise PrefixCacheResetFailed("vLLM did not reset its prefix cache after a weight change; generating "
                                          "now would reuse KV computed under other weights")
 
-    def _write(self, method: str, *args) -> None:
-        self._rpc(method, *args)
+    def _write(self, method: str, *args) -> list:
+        out = self._rpc(method, *args)
         self._weights_changed()
+        return out
 
-    def init_master(self, es_cfg, dtype: str, weight_write: str) -> None:
-        self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
-                    float(es_cfg.decay), float(es_cfg.momentum), weight_write, es_cfg.master_device)
+    def init_master(self, es_cfg, dtype: str) -> str:
+        """The master on the workers, written with reload; returns the workers' device type ("cuda", "cpu")."""
+        return self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
+                           float(es_cfg.decay), float(es_cfg.momentum), es_cfg.master_device)[0]
+
+    # weight writes ------------------------------------------------------------------------------------------
+    def direct_write_problem(self) -> str | None:
+        """The self-check: the probe member written with direct must leave every engine parameter (vLLM's names
+        and layout, compared by checksum on each worker) as vLLM's own load path, reload, leaves it after writing
+        the same cast(master + scale * eps). None if so, else the first tensor that differs or where direct
+        failed. The engine holds cast(master) again after it, written by the current writer."""
+        try:
+            want = self._write("es_probe_write", "reload", PROBE_SEED, PROBE_SCALE)
+            self._write("es_restore")  # direct must write every tensor itself, not find reload's values there
+            got = self._write("es_probe_write", "direct", PROBE_SEED, PROBE_SCALE)
+        finally:
+            self._write("es_restore")
+        for rank, (expected, found) in enumerate(zip(want, got)):
+            where = f"rank {rank}: " if len(want) > 1 else ""
+            if isinstance(expected, str):
+                raise RuntimeError(f"the reload write of the self-check failed: {where}{expected}")
+            if isinstance(found, str):
+                return where + found
+            differ = [n for n in expected if found.get(n) != expected[n]] + sorted(set(found) - set(expected))
+            if differ:
+                return (f"{where}{differ[0]} differs from vLLM's own load of the same weights"
+                        + (f" (and {len(differ) - 1} more tensors)" if len(differ) > 1 else ""))
+        return None
+
+    def select_weight_write(self, requested: str, device: str) -> str:
+        """generation.vllm.weight_write: reload as asked; auto off CUDA: reload (vLLM-CPU's direct write fails);
+        auto on CUDA: direct if the self-check passes, else reload with a one-line warning; direct: the self-check
+        must pass (a silent wrong write would corrupt the run)."""
+        chosen, why = "reload", "asked" if requested == "reload" else f"auto on {device}"
+        if requested == "direct" or (requested == "auto" and device == "cuda"):
+            t0 = time.perf_counter()
+            problem = self.direct_write_problem()
+            if problem is None:
+                chosen, why = "direct", f"start-up self-check passed in {time.perf_counter() - t0:.1f}s"
+            elif requested == "direct":
+                raise RuntimeError(f"generation.vllm.weight_write=direct failed its start-up self-check: {problem}; "
+                                   f"use generation.vllm.weight_write=auto or reload")
+            else:
+                print(f"[es-repro] WARNING: generation.vllm.weight_write=auto: direct writes failed the start-up "
+                      f"self-check ({problem}); writing weights with reload")
+                why = "direct failed the start-up self-check"
+        self._rpc("es_set_write", chosen)
+        self._describe["weight_write"] = chosen
+        print(f"[es-repro] vLLM weight writes: {chosen} ({why})")
+        return chosen
 
     # generation -----------------------------------------------------------------------------------------------
     def prompt_ids(self, rows: Sequence[Row]) -> list[list[int]]:
@@ -124,40 +177,36 @@ class VLLMBackend(Backend):
             include_stop_str_in_output=True) for i in range(len(ids))]
         return list(zip(ids, self._run(ids, params)))
 
-    def release_eval_models(self, reference: bool) -> None:
-        """eval.keep_base_model=false: both HF copies leave the device after use."""
-        self._reference, self._policy, self._policy_version = None, None, -1
+    # log-probabilities for KL ---------------------------------------------------------------------------------
+    def token_logprobs(self, pairs: Sequence[Pair], *, reference: bool = False) -> list[torch.Tensor]:
+        """Scored by the engine: under cast(master), or (reference) under the base weights written in for the call
+        and cast(master) written back after it."""
+        if not reference:
+            return self._score(pairs)
+        self._write("es_write_base")
+        try:
+            return self._score(pairs)
+        finally:
+            self._write("es_restore")
 
-    def policy_model(self):
-        """An HF copy of the current weights, cast(master) from the workers; rebuilt only when they changed."""
-        if self._policy is None:
-            self._policy = self._reference_loader()
-        if self._policy_version != self.version:
-            from safetensors.torch import load_file
-
-            tmp = Path(tempfile.mkdtemp(prefix="es-repro-vllm-"))
-            try:
-                self._rpc("es_save_model", str(tmp))
-                state = load_file(tmp / MODEL_FILE)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            with torch.no_grad():
-                for name, p in self._policy.named_parameters(remove_duplicate=True):
-                    p.copy_(state.pop(name))
-            if state:
-                raise ValueError(f"the engine's weights have names the HF model lacks: {sorted(state)[:5]}")
-            self._policy_version = self.version
-        return self._policy
+    def _score(self, pairs: Sequence[Pair]) -> list[torch.Tensor]:
+        if not pairs:
+            return []
+        # one token is generated (vLLM generates at least one) and dropped; prompt_logprobs skips the prefix cache
+        params = self._vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p) + list(c)} for p, c in pairs], params, use_tqdm=False)
+        return [completion_logprobs(o.prompt_logprobs, p, c) for (p, c), o in zip(pairs, outputs)]
 
     # ES -------------------------------------------------------------------------------------------------------
     def member_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], timer: Timer,
                            progress: str = "") -> list[list[str]]:
-        out, perturbed = [], False
+        out, perturbed, self.write_times = [], False, []
         try:
             for member in members:
                 with timer("perturb"):  # written from the master: also undoes the previous member
-                    perturbed = True
+                    perturbed, t0 = True, time.perf_counter()
                     self._write("es_perturb", int(member.seed), float(member.sign * sigma))
+                    self.write_times.append(time.perf_counter() - t0)
                 with timer("generate"):
                     out.append(self.generate(rows))
         finally:
@@ -169,14 +218,12 @@ class VLLMBackend(Backend):
     def apply_update(self, seed_coeffs) -> None:
         seed_coeffs = list(seed_coeffs)
         self._write("es_update", [int(s) for s, _ in seed_coeffs], [float(c) for _, c in seed_coeffs])
-        self.version += 1
 
     def save_state(self, path: Path) -> None:
         self._rpc("es_save_state", str(Path(path).resolve()))
 
     def load_state(self, path: Path) -> None:
         self._write("es_load_state", str(Path(path).resolve()))
-        self.version += 1
 
     def export(self, path: Path) -> None:
         """config.json, generation_config.json, tokenizer files and model.safetensors (cast(master))."""
@@ -190,6 +237,15 @@ class VLLMBackend(Backend):
         config.save_pretrained(path)
         generation_config(self.model_dir).save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+
+def completion_logprobs(prompt_logprobs, prompt: Sequence[int], completion: Sequence[int]) -> torch.Tensor:
+    """The completion's part of vLLM's prompt_logprobs (one {token id: Logprob} per position, None at the first;
+    with prompt_logprobs=0 the actual token's): float32, the values vLLM computed."""
+    entries = prompt_logprobs[len(prompt):]
+    if len(entries) != len(completion):
+        raise ValueError(f"vLLM returned {len(entries)} completion log-probabilities for {len(completion)} tokens")
+    return torch.tensor([entry[token].logprob for entry, token in zip(entries, completion)], dtype=torch.float32)
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -254,9 +310,11 @@ def engine_dtype(model_cfg) -> str:
 
 
 def max_model_len(cfg) -> int:
+    """+1: KL scoring sends a whole sample (prompt + completion) as a prompt, and vLLM refuses a prompt that leaves
+    no room for the one token it then generates."""
     if cfg.generation.vllm.max_model_len:
         return cfg.generation.vllm.max_model_len
-    return cfg.task.max_prompt_tokens + max(cfg.task.max_new_tokens, cfg.eval.kl_max_new_tokens)
+    return cfg.task.max_prompt_tokens + max(cfg.task.max_new_tokens, cfg.eval.kl_max_new_tokens) + 1
 
 
 def engine_args(cfg, model_dir: str, dtype: str, placement: tuple[list[int], int] = ([], 1)) -> dict:
@@ -317,12 +375,14 @@ def build(cfg, task: Task) -> VLLMBackend:
     _check_placement(vllm, args)
     llm = distributed.in_turns(turn, turns, lambda: vllm.LLM(**args))
     backend = VLLMBackend(
-        llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_cfg=cfg.model, model_dir=model_dir,
+        llm, AutoTokenizer.from_pretrained(model_dir, local_files_only=True), model_dir=model_dir,
         prompt_format=cfg.task.prompt_format, max_new_tokens=cfg.task.max_new_tokens, stop_strings=task.stop_strings,
         repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
-        describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype, "weight_write": v.weight_write,
+        describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype,
                   "tensor_parallel_size": v.tensor_parallel_size, "devices": devices,
                   "engines_sharing_devices": sharing})
-    backend.keep_reference = cfg.eval.keep_base_model
-    backend.init_master(cfg.es, dtype, v.weight_write)
+    device = backend.init_master(cfg.es, dtype)
+    if cfg.eval.kl_samples > 0:
+        backend._rpc("es_keep_base")  # before any update or resume: the base model's weights
+    backend.select_weight_write(v.weight_write, device)
     return backend

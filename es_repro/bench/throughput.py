@@ -199,6 +199,7 @@ def bench_inflight(cfg, dtype: str, processes: int, timed_members: int = 0, forc
     return _columns(phases, max(r["members_s"] for r in reports) * scale + phases["update_s"],
                     round(sum(r["tokens"] for r in reports) * scale), [x for r in reports for x in r["rewards"]], limit,
                     timed_members=timed, processes=processes, threads=threads,
+                    ms_per_step=float("nan"),  # the processes' decode steps overlap: no per-step time of its own
                     peak_rss_GiB=sum(r["rss"] for r in reports), peak_cuda_GiB=sum(r["cuda_peak"] for r in reports))
 
 
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         if mode == "inflight":  # its own processes: memory is theirs, summed
             r = results[f"inflight{args.inflight}@{dtype}"] = bench_inflight(
                 cfg, dtype, args.inflight, args.timed_members, args.force_tokens, args.prompt_tokens, limits)
-            print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r.get(c, float("nan"))) for c in cols)
+            print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
                   + f" | {r['peak_rss_GiB']:.2f} | {r['peak_cuda_GiB']:.2f} | {r['reward_mean']:.4f} |", flush=True)
             continue
         if cuda:
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
                                                           limits=limits)
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        print(f"| {mode} | {dtype} | " + " | ".join(_cell(r.get(c, float("nan"))) for c in cols)
+        print(f"| {mode} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)
         del backend
     papers = [k for k in results if k.startswith("paper@")]

@@ -65,5 +65,5 @@ def keep_noise_for_update(setting: str, params: Sequence[torch.Tensor], noise_dt
         return setting == "on"
     if params[0].device.type != "cpu":
         return False
-    per_seed = sum(p.numel() * torch.empty((), dtype=noise_dtype_for(p, noise_dtype)).element_size() for p in params)
+    per_seed = sum(p.numel() * noise_dtype_for(p, noise_dtype).itemsize for p in params)
     return per_seed * seeds <= available_memory_bytes() // 4

@@ -157,18 +157,15 @@ def batch_token_logprobs(model: PreTrainedModel, pairs: Sequence[tuple[list[int]
     never attends to a later pad, and positions count from 0 as unpadded), similar lengths together, as many rows
     as keep the forward's logits under LOGIT_BYTES_PER_BATCH. Equal to one forward per pair up to float rounding."""
     out: list[torch.Tensor | None] = [None] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
-    vocab = model.get_output_embeddings().weight.shape[0]
-    value_bytes = next(model.parameters()).element_size()
+    lengths = [len(prompt) + len(completion) for prompt, completion in pairs]
+    order = sorted(range(len(pairs)), key=lengths.__getitem__)
+    row_bytes = model.get_output_embeddings().weight.shape[0] * next(model.parameters()).element_size()  # per token
     start = 0
     while start < len(order):
-        width = len(pairs[order[start]][0]) + len(pairs[order[start]][1])
         end = start + 1  # grow the batch while the widest row's logits for all rows stay under the budget
-        while end < len(order):
-            wider = len(pairs[order[end]][0]) + len(pairs[order[end]][1])
-            if (end - start + 1) * wider * vocab * value_bytes > LOGIT_BYTES_PER_BATCH:
-                break
-            width, end = wider, end + 1
+        while end < len(order) and (end - start + 1) * lengths[order[end]] * row_bytes <= LOGIT_BYTES_PER_BATCH:
+            end += 1
+        width = lengths[order[end - 1]]  # sorted: the last row is the widest
         batch = [pairs[k][0] + pairs[k][1] for k in order[start:end]]
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Fetch (on a machine with PyPI) the pure-Python wheels a bare GPU image (torch + transformers preinstalled, no
-# network) needs to run scripts/gpu_check.sh, into .gpu-wheels/ (git-ignored; ~4 MB: carry it with the tree).
+# Build (on a machine with PyPI) the pure-Python wheels a bare GPU image (torch + transformers preinstalled, no
+# network) needs to run scripts/gpu_check.sh, into .gpu-wheels/ (git-ignored; ~2 MB: carry it with the tree).
+#   scripts/gpu_wheels.sh [DEST]   # DEST defaults to .gpu-wheels
+# `pip wheel`, not `pip download --only-binary`: antlr4-python3-runtime 4.9.3 (omegaconf's parser) is published as
+# a source archive only, so it is built here into a py3-none-any wheel. pygments is pytest's (rich brings it with
+# transformers, but an image may lack it).
 set -euo pipefail
+dest=$(realpath -m "${1:-$(dirname "$0")/../.gpu-wheels}")
 cd "$(dirname "$0")/.."
-mkdir -p .gpu-wheels
-pip download -q --no-deps --only-binary=:all: -d .gpu-wheels -c constraints/cpu.txt \
-    hydra-core omegaconf antlr4-python3-runtime submitit cloudpickle pytest iniconfig pluggy
-du -sh .gpu-wheels
+mkdir -p "$dest"
+pip wheel -q --no-deps -w "$dest" -c constraints/cpu.txt \
+    hydra-core omegaconf antlr4-python3-runtime submitit cloudpickle pytest iniconfig pluggy pygments
+ls "$dest"
+du -sh "$dest"

@@ -140,9 +140,10 @@ def _inflight_worker(rank: int, cfg, dtype: str, processes: int, timed_members: 
         rewards = backend.fitness(mine, cfg.es.sigma, task.train_rows, task, timer)
         members_s = time.perf_counter() - start
         barrier.wait()  # in a run the update waits for every process's rewards (all-gather)
-        start = time.perf_counter()
-        backend.apply_update(update_of(backend, cfg, members, [rewards[i % len(rewards)] for i in range(len(members))]))
-        update_s = time.perf_counter() - start
+        update_timer = Timer()  # synchronises CUDA: the update's queued kernels are charged to it
+        with update_timer("update"):
+            backend.apply_update(update_of(backend, cfg, members, [rewards[i % len(rewards)] for i in range(len(members))]))
+        update_s = update_timer.totals["update"]
         cuda = next(backend.model.parameters()).is_cuda
         queue.put(dict(rank=rank, members_s=members_s, update_s=update_s, phases=dict(timer.totals), rewards=rewards,
                        tokens=backend.generated_tokens - tokens0, rss=peak_rss_gib(),

@@ -14,9 +14,21 @@ from es_repro.config.run_dirs import run_name
 from es_repro.config.schema import RunConfig
 from es_repro.run.errors import ConfigError
 
-# conf/ sits at the repository's top and ships inside the package as es_repro.conf (setup.py), so an installed
-# es-repro finds the same configs as a checkout.
-CONF_DIR = str(Path(str(files("es_repro.conf"))).resolve())
+
+def conf_dir() -> str:
+    """conf/ sits at the repository's top and ships inside the package as es_repro.conf (setup.py), so an installed
+    es-repro finds the same configs as a checkout. A checkout that is only on PYTHONPATH, never installed (the bare
+    GPU image scripts/gpu_check.sh runs on), has no es_repro.conf package: there the checkout's conf/ is used."""
+    try:
+        return str(Path(str(files("es_repro.conf"))).resolve())
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "conf"
+        if not checkout.is_dir():
+            raise
+        return str(checkout)
+
+
+CONF_DIR = conf_dir()
 
 
 def register() -> None:

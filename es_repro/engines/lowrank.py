@@ -36,8 +36,8 @@ def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> t
 class LowRankESWeights(ESWeights):
     """ESWeights whose members are low-rank and evaluated together; updates still accumulate in fp32."""
 
-    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None):
-        super().__init__(model, noise_mode="iid", noise_dtype="float32", rule=rule)
+    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None, master_device: str = "auto"):
+        super().__init__(model, noise_mode="iid", noise_dtype="float32", rule=rule, master_device=master_device)
         self.rank = rank
         index_of = {id(p): i for i, p in enumerate(self.params)}
         # Every module that uses a weight matrix, with that matrix's index (a tied weight has two users).
@@ -79,14 +79,14 @@ class LowRankESWeights(ESWeights):
         seed_coeffs = list(seed_coeffs)
         for i in self.matrix_ids:
             p, m = self.params[i], self.master[i]
-            delta = torch.zeros_like(m)
+            delta = torch.zeros(m.shape, dtype=torch.float32, device=p.device)  # the factors' device, not the master's
             if seed_coeffs:
                 pairs = [lowrank_factors(p, i, seed, self.rank) for seed, _ in seed_coeffs]
                 a = torch.cat([a * (c / math.sqrt(self.rank)) for (a, _), (_, c) in zip(pairs, seed_coeffs)], dim=1)
                 b = torch.cat([b for _, b in pairs], dim=1)
                 delta.addmm_(a, b.T)
-            self.rule.step(self.names[i], m, delta)
-            p.copy_(m)
+            self.rule.step(self.names[i], m, delta.to(m.device))
+            p.copy_(m.to(p.device))
 
     def perturb(self, seed: int, scale: float) -> None:
         raise NotImplementedError("low-rank members are evaluated together: use population()")

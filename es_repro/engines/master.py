@@ -94,4 +94,7 @@ class Master:
             saved = load_file(path / MODEL_FILE)  # tied duplicates are absent; keep only the names ES tracks
             state = {n: saved[n].to(torch.float32) for n in self.names if n in saved}
         self.set_master(state)
-        self.rule.load_state_dict(load_file(path / RULE_FILE) if (path / RULE_FILE).is_file() else {})
+        rule_state = load_file(path / RULE_FILE) if (path / RULE_FILE).is_file() else {}
+        # safetensors loads onto the CPU; the rule's state (momentum's velocity) lives where the master does, or the
+        # first update after a resume on a GPU would add a CPU velocity to a CUDA delta
+        self.rule.load_state_dict({k: v.to(self.master[0].device) for k, v in rule_state.items()})

@@ -3,11 +3,13 @@
 Every term is an upper estimate at the configured limits (batch, task.max_prompt_tokens, task.max_new_tokens),
 in bytes per GPU of one process's device group:
 - weights: the model in its dtype (vLLM: one tensor-parallel shard per GPU, inside the engine's share);
-- master: the fp32 copy ES updates (es.master_device=cpu: pinned host memory instead; every vLLM worker holds a
-  whole one, tensor parallel or not);
+- master: the fp32 copy ES updates (es.master_device=cpu: pinned host memory of exactly its size instead, see
+  es_repro/engines/weights.py pinned_empty; every vLLM worker holds a whole one, tensor parallel or not);
 - pair noise: an antithetic pair's noise held between its two members (es.reuse_pair_noise, HF backend);
+- update rule state: momentum's velocity and es.decay's base copy, fp32, where the master is;
 - update/perturb buffers: the largest tensor's noise, its fp32 delta and their temporaries;
-- KV cache and activations of one generate call (HF backend; vLLM's live inside its share);
+- KV cache and activations of one generate call (HF backend, generation.batch_size rows, or with es.lowrank every
+  prompt once per member in the forward; vLLM's live inside its share);
 - the engine's share: generation.vllm.gpu_memory_utilization / (engines sharing the GPU) of the card;
 - evaluation copies: the base model for KL, loaded per evaluation with eval.keep_base_model=false (HF engines;
   vLLM scores KL in its engine, the base weights waiting in host memory), and the KL forward's logits;
@@ -45,17 +47,23 @@ class ModelShape:
     def dim(self) -> int:
         return self.head_dim or self.hidden // self.heads
 
+    def tensor_sizes(self) -> list[int]:
+        """Elements of each unique parameter of a Llama/Qwen2-style decoder (a tied head counted once; Qwen2's q/k/v
+        biases)."""
+        q, kv = self.heads * self.dim, self.kv_heads * self.dim
+        layer = [self.hidden * q, self.hidden * kv, self.hidden * kv, q * self.hidden,
+                 *[self.hidden * self.intermediate] * 3, self.hidden, self.hidden]
+        layer += [q, kv, kv] if self.attention_bias else []
+        head = [] if self.tied else [self.vocab * self.hidden]
+        return [self.vocab * self.hidden, *layer * self.layers, self.hidden, *head]
+
     @property
     def params(self) -> int:
-        """Unique parameters of a Llama/Qwen2-style decoder (a tied head counted once; Qwen2's q/k/v biases)."""
-        q, kv = self.heads * self.dim, self.kv_heads * self.dim
-        attention = self.hidden * q + 2 * self.hidden * kv + q * self.hidden + (q + 2 * kv) * self.attention_bias
-        layer = attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
-        return self.layers * layer + self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+        return sum(self.tensor_sizes())
 
     @property
     def largest_tensor(self) -> int:
-        return max(self.vocab * self.hidden, self.hidden * self.intermediate)
+        return max(self.tensor_sizes())
 
     def kv_bytes_per_token(self, value_bytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.dim * value_bytes
@@ -139,14 +147,22 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
          ("on every tensor-parallel GPU" if tp > 1 else "beside the model")))
     if not master_on_gpu:
         plan.host.append(("master (fp32)", P * 4 * tp, "pinned, off the GPU" + (f"; {tp} workers" if tp > 1 else "")))
+    state = rule_state_tensors(cfg.es)
+    if state:  # the update rule's own fp32 tensors, beside the master
+        what = " + ".join(name for name, on in (("momentum's velocity", cfg.es.update == "momentum"),
+                                               ("es.decay's base copy", cfg.es.decay > 0)) if on)
+        if master_on_gpu:
+            add(("update rule state", state * P * 4, what))
+        else:
+            plan.host.append(("update rule state", state * P * 4 * tp, what + (f"; {tp} workers" if tp > 1 else "")))
     if not vllm and cfg.es.antithetic and cfg.es.reuse_pair_noise:
         add(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))
     add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
     if not vllm:
-        batch = cfg.generation.batch_size
+        batch, rows = generate_rows(cfg)
         kv = batch * width * shape.kv_bytes_per_token(b)
         act = batch * cfg.task.max_prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * b + batch * shape.vocab * 4
-        add(("KV cache", kv, f"batch {batch} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
+        add(("KV cache", kv, f"{rows} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
         add(("activations", act, f"prefill of {batch} x {cfg.task.max_prompt_tokens} tokens"))
     if vllm:  # the engine scores KL; each worker keeps the base weights in host memory to write them in for it
         add(("evaluation copies", 0, "none: the engine scores KL under the base weights written in from host memory"))
@@ -163,6 +179,22 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
     return plan
 
 
+def rule_state_tensors(es_cfg) -> int:
+    """Model-size fp32 tensors the update rule keeps (es_repro/es/update_rules.py): momentum's velocity, and the
+    base weights es.decay pulls toward."""
+    return int(es_cfg.update == "momentum") + int(es_cfg.decay > 0)
+
+
+def generate_rows(cfg) -> tuple[int, str]:
+    """(rows of one HF generate call, how they arise): generation.batch_size prompts, or with es.lowrank every
+    prompt of the generation once per member sharing the forward."""
+    if not cfg.es.lowrank:
+        return cfg.generation.batch_size, f"batch {cfg.generation.batch_size}"
+    prompts = cfg.es.prompts_per_generation or cfg.task.train_size
+    rows = cfg.es.members_per_forward * prompts
+    return rows, f"es.lowrank: {cfg.es.members_per_forward} members x {prompts} prompts"
+
+
 def levers(cfg, plan: Plan) -> list[str]:
     """The settings that would shrink this plan, most effective first."""
     out = []
@@ -172,6 +204,8 @@ def levers(cfg, plan: Plan) -> list[str]:
         out.append("eval.keep_base_model=false")
     if cfg.generation.backend == "vllm":
         out += ["generation.vllm.tensor_parallel_size", "generation.vllm.gpu_memory_utilization"]
+    elif cfg.es.lowrank:
+        out += ["es.members_per_forward", "es.prompts_per_generation"]
     else:
         out.append("generation.batch_size")
     out.append("task.max_prompt_tokens")

@@ -9,12 +9,19 @@ noise dtype, so a perturbed model is bit-identical to the release's (tests/test_
 """
 from __future__ import annotations
 
-from typing import Iterable
+import logging
+import math
+import mmap
+import weakref
+from typing import Iterable, Sequence
 
 import torch
 
 from es_repro.engines.master import Master
 from es_repro.es.update_rules import SGD
+
+logger = logging.getLogger(__name__)
+PAGE = mmap.PAGESIZE
 
 
 def master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
@@ -24,8 +31,36 @@ def master_copy(p: torch.Tensor, master_device: str) -> torch.Tensor:
         return p.detach().to(torch.float32, copy=True)
     if master_device != "cpu":
         raise ValueError(f"es.master_device={master_device!r} is not allowed for a model on {p.device}; use auto or cpu")
-    master = torch.empty(p.shape, dtype=torch.float32, pin_memory=torch.cuda.is_available())
+    master = pinned_empty(p.shape, torch.float32) if torch.cuda.is_available() else torch.empty(p.shape)
     return master.copy_(p.detach())
+
+
+def pinned_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked host memory of exactly this size: ordinary memory registered with CUDA (cudaHostRegister, as
+    torch's checkpoint stager pins), not torch's pinned allocator, which rounds every allocation up to a power of two
+    (a 7B model's fp32 master would take 54 GiB of host memory instead of 28). The registered pages lie wholly inside
+    the tensor's own allocation, so two tensors never register the same page (CUDA refuses overlapping ranges).
+    Unregistered when the tensor is freed; torch's pinned allocator after all if registering fails."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.empty(nbytes + 2 * PAGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE  # the first page boundary inside the allocation
+    t = raw[start : start + nbytes].view(dtype).view(shape)
+    ptr, span = t.data_ptr(), -(-nbytes // PAGE) * PAGE  # whole pages, all inside raw
+    cudart = torch.cuda.cudart()
+    if int(cudart.cudaHostRegister(ptr, span, 1)) != 0:  # 1: cudaHostRegisterPortable
+        logger.warning("cudaHostRegister failed: the pinned master takes torch's power-of-two pinned blocks instead")
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    weakref.finalize(t, cudart.cudaHostUnregister, ptr).atexit = False  # never after CUDA has shut down
+    return t
+
+
+def cast_to(m: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor cast(m) on ``device``. From a pinned host master the fp32 values cross first and are cast on the
+    GPU: one host-to-device copy that also changes dtype is converted by torch on the CPU, into pageable memory (a
+    CPU pass and an unpinned transfer per tensor, several seconds per member at 8B)."""
+    return m.to(device).to(dtype, copy=True)
 
 
 def unique_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -71,14 +106,14 @@ class ESWeights(Master):
     def restore(self) -> None:
         """Working weights back to cast(master): bit-identical to before the perturbation."""
         for p, m in zip(self.params, self.master):
-            p.copy_(m)
+            p.copy_(m.to(p.device))  # a pinned host master crosses in fp32 and is cast on the GPU (cast_to)
 
     @torch.no_grad()
     def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
         """The update rule moves the master by delta = sum_k coeff_k * eps(seed_k) in fp32; each working tensor is
         rewritten as soon as its master moved (es.master_device=cpu: streamed one tensor at a time)."""
         for i in self.step_master(seed_coeffs):
-            self.params[i].copy_(self.master[i])
+            self.params[i].copy_(self.master[i].to(self.params[i].device))
 
     def load_master(self, state: dict[str, torch.Tensor]) -> None:
         """Set master (and working copy) from saved fp32 tensors; missing or extra names are an error."""

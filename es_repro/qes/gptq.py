@@ -91,7 +91,7 @@ def save_tensors(path: Path, quantized: dict[str, QuantizedTensor], others: dict
     """model.safetensors of a GPTQ checkpoint: packed quantized linears (by module prefix) plus other tensors."""
     state = {k: v.detach().contiguous().clone() for k, v in others.items()}
     for prefix, q in quantized.items():
-        state.update({f"{prefix}.{k}": v for k, v in pack_tensor(q).items()})
+        state.update({f"{prefix}.{k}": v for k, v in pack_tensor(q.to("cpu")).items()})
     save_file(state, Path(path) / "model.safetensors", metadata={"format": "pt"})
 
 

@@ -130,4 +130,7 @@ def load_for_qes(model_cfg, bits: int, group_size: int):
         quantized = quantize_model(model, bits, group_size)
         model.to(dtype)
         source = {"source": "rtn", "group_size": group_size, "scheme": "asymmetric round-to-nearest per group"}
+    # the codes live beside the model: on a GPU their noise, steps and de-quantization run there (drawn on the
+    # GPU's generator, like float ES noise), not on the CPU for every code of every member
+    quantized = {name: q.to(device) for name, q in quantized.items()}
     return model, tokenizer, quantized, {**source, "bits": bits, "dtype": str(dtype).removeprefix("torch.")}

@@ -32,6 +32,11 @@ class QuantizedTensor:
     def maxq(self) -> int:
         return 2**self.bits - 1
 
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        """The same tensor with its codes, scales, zeros and g_idx on ``device``."""
+        move = {f: getattr(self, f).to(device) for f in ("codes", "scales", "zeros", "g_idx")}
+        return QuantizedTensor(**move, bits=self.bits, group_size=self.group_size)
+
     @property
     def shape(self) -> torch.Size:
         return self.codes.shape

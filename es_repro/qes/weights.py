@@ -92,7 +92,8 @@ class QuantizedWeights:
         if self.gamma == 0:
             return None  # gamma = 0: rounding only, no error feedback
         q = self.quantized[i]
-        e = self.residuals.start(i, q.codes.shape)
+        e = self.residuals.start(i, q.codes.shape)  # e0 and loaded residuals come from the CPU
+        e = e.to(q.codes.device) if e is not None else None
         if self.residuals.mode == "replay":
             for seed_coeffs, sigma in self.residuals.records:
                 _, e, _ = error_feedback(q.codes, self._alpha_g(i, seed_coeffs, sigma), e, self.gamma, q.maxq)
@@ -124,7 +125,7 @@ class QuantizedWeights:
         for name, q in zip(self.names, self.quantized):
             saved = quantized[name]
             for field in ("scales", "zeros", "g_idx"):
-                if not torch.equal(getattr(saved, field), getattr(q, field)):
+                if not torch.equal(getattr(saved, field).to(q.codes.device), getattr(q, field)):
                     raise ValueError(f"checkpoint {name}.{field} differs from the run's (frozen) quantization")
             q.codes.copy_(saved.codes)
         self.refresh_all()

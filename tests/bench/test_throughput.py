@@ -116,6 +116,10 @@ def test_shape_counts_matmul_weights_and_published_parameter_counts():
     s = shape_of(qwen)
     assert s.matmul_weights == 1_543_714_304 and (s.layers, s.heads, s.kv_heads, s.head_dim) == (28, 12, 2, 128)
     assert device_limits("NVIDIA H200", None, None) == (4.8e12, 989e12)
+    # the most specific key wins: an H100 NVL streams faster than the SXM part, and a bound must not exceed it
+    assert device_limits("NVIDIA H100 NVL", None, None)[0] == 3.9e12
+    assert device_limits("NVIDIA H100 80GB HBM3", None, None)[0] == 3.35e12
+    assert device_limits("NVIDIA GH200 480GB", None, None)[0] == 4.9e12
     assert device_limits("cpu", 10, 1) == (10e9, 1e12) and device_limits(None, None, None) is None
 
 

@@ -43,6 +43,20 @@ def test_batched_forward_equals_each_member_perturbed_explicitly(tie):
     assert torch.equal(model(input_ids=ids).logits, unperturbed(input_ids=ids).logits)
 
 
+
+def test_lowrank_honours_es_master_device(monkeypatch):
+    """es.master_device reaches the low-rank weights (the memory plan may have moved the master to pinned host
+    memory because it does not fit beside the model); recorded at the one place a master tensor is made."""
+    from es_repro.engines import weights as weights_module
+    from es_repro.engines.hf.backend import make_weights
+
+    asked = []
+    real = weights_module.master_copy
+    monkeypatch.setattr(weights_module, "master_copy", lambda p, device: asked.append(device) or real(p, device))
+    cfg = make_cfg(["es.lowrank=1", "es.master_device=cpu"])
+    weights = make_weights(build_tiny_model(seed=1)[0], cfg.es)
+    assert isinstance(weights, LowRankESWeights) and asked and set(asked) == {"cpu"}
+
 def test_update_equals_sum_of_coefficient_times_lowrank_noise():
     model, _ = build_tiny_model(seed=1)
     weights = LowRankESWeights(model, rank=3)

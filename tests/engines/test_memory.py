@@ -23,7 +23,9 @@ def test_the_parameter_count_is_the_models_own(name):
     config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[spec.pop("arch")]
     with torch.device("meta"):  # the real module tree, no memory
         model = model_cls(config_cls(**spec))
-    assert memory.shape_of_config(SHAPES[name]).params == sum(p.numel() for p in model.parameters())
+    shape = memory.shape_of_config(SHAPES[name])
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert sorted(shape.tensor_sizes()) == sorted(p.numel() for p in model.parameters())  # tensor by tensor
 
 
 def _cfg(model: str, backend: str = "hf", tp: int = 1, *extra: str):
@@ -44,6 +46,32 @@ def test_the_terms_follow_their_definitions():
     on_cpu = plan_memory(_cfg("qwen2.5-7b", "hf", 1, "es.master_device=cpu"), shape, 80 * GIB)
     assert dict((n, b) for n, b, _ in on_cpu.rows)["master (fp32)"] == 0 and on_cpu.host_bytes == P * 4
 
+
+
+@pytest.mark.parametrize("master_device", ["auto", "cpu"])
+def test_the_update_rules_own_tensors_are_counted_where_the_master_lives(master_device):
+    """momentum keeps a velocity and es.decay a base copy, each one fp32 model-size tensor set beside the master."""
+    for extra, tensors in [([], 0), (["es.update=momentum"], 1), (["es.decay=0.01"], 1),
+                           (["es.update=momentum", "es.decay=0.01"], 2)]:
+        cfg = _cfg("qwen2.5-7b", "hf", 1, f"es.master_device={master_device}", *extra)
+        shape = model_shape(cfg.model)
+        plan = plan_memory(cfg, shape, 80 * GIB)
+        rows, host = dict((n, b) for n, b, _ in plan.rows), dict((n, b) for n, b, _ in plan.host)
+        where = rows if master_device == "auto" else host
+        assert where.get("update rule state", 0) == tensors * shape.params * 4
+        assert "update rule state" not in (host if master_device == "auto" else rows)
+
+
+def test_lowrank_sizes_its_cache_for_every_member_in_the_forward():
+    """es.lowrank generates all of a generation's prompts once per member sharing the forward, in one call."""
+    cfg = _cfg("qwen2.5-1.5b", "hf", 1, "es.lowrank=1", "es.members_per_forward=4", "es.prompts_per_generation=50")
+    shape = model_shape(cfg.model)
+    plan = plan_memory(cfg, shape, 80 * GIB)
+    width = cfg.task.max_prompt_tokens + cfg.task.max_new_tokens
+    assert dict((n, b) for n, b, _ in plan.rows)["KV cache"] == 4 * 50 * width * shape.kv_bytes_per_token(2)
+    full = _cfg("qwen2.5-1.5b", "hf", 1, "es.lowrank=1", "es.members_per_forward=8")  # all 200 train prompts x 8
+    refused = plan_memory(full, shape, 80 * GIB)
+    assert not refused.fits and "es.members_per_forward" in memory.levers(full, refused)
 
 @pytest.mark.parametrize("kl_samples", [1, 0])
 def test_vllm_keeps_no_evaluation_model_on_the_gpu(kl_samples):

@@ -1,6 +1,8 @@
 """Noise modes and the perturb / restore / update mechanics on real (tiny) model parameters."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -98,6 +100,20 @@ def test_momentum_rule_follows_its_definition():
     assert sorted(weights.rule.state_dict()) == sorted(f"velocity.{n}" for n in weights.names)
 
 
+
+def test_a_resumed_rules_state_lives_where_the_master_does(tmp_path):
+    """safetensors loads onto the CPU; momentum's velocity must follow the master to its device, or the first update
+    after a resume on a GPU adds a CPU velocity to a CUDA delta. The meta device stands in for the GPU."""
+    names, shapes = ["a", "b"], [(3, 4), (5,)]
+    like = [SimpleNamespace(shape=s, dtype=torch.bfloat16, device=torch.device("cpu")) for s in shapes]
+    saved = master_module.Master(names, [torch.randn(s) for s in shapes], like, "iid", "param", Momentum(beta=0.5))
+    next(saved.step_master([(3, 0.1)]))  # velocity for tensor a
+    saved.save(tmp_path)
+    resumed = master_module.Master(names, [torch.empty(s, device="meta") for s in shapes], like, "iid", "param",
+                                   Momentum(beta=0.5))
+    resumed.load(tmp_path)
+    assert set(resumed.rule.velocity) == {"a"} and resumed.rule.velocity["a"].device.type == "meta"
+
 def test_tied_weights_are_perturbed_once():
     model, _ = build_tiny_model(tie_embeddings=True)
     weights = ESWeights(model, "iid")
@@ -190,3 +206,70 @@ def test_noise_cache_auto_keeps_noise_only_when_it_fits(monkeypatch):
     assert not noise.keep_noise_for_update("off", params, "param", seeds=1)
     with pytest.raises(ValueError, match="es.noise_cache='maybe'"):
         noise.keep_noise_for_update("maybe", params, "param", seeds=1)
+
+
+class RecordingCudart:
+    """torch.cuda.cudart() as the pinned master calls it: records registrations; `refuse` makes them fail."""
+
+    def __init__(self, refuse: bool = False):
+        self.registered: dict[int, int] = {}
+        self.unregistered: list[int] = []
+        self.refuse = refuse
+
+    def cudaHostRegister(self, ptr: int, size: int, flags: int) -> int:
+        if self.refuse:
+            return 712  # cudaErrorHostMemoryAlreadyRegistered
+        self.registered[ptr] = size
+        return 0
+
+    def cudaHostUnregister(self, ptr: int) -> int:
+        self.unregistered.append(ptr)
+        return 0
+
+
+def test_the_pinned_master_registers_whole_pages_of_its_own_and_unregisters_them_when_freed(monkeypatch, tmp_path):
+    """Exactly the tensor's bytes are pinned (torch's pinned allocator would round each tensor up to a power of two);
+    every registered range is page-aligned, covers its tensor, lies in its own allocation (so no two overlap, which
+    CUDA refuses), and is released with the tensor. The tensors save and load like any other master."""
+    import gc
+    import mmap
+
+    from es_repro.engines.weights import pinned_empty
+
+    cudart = RecordingCudart()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    shapes = [(3, 5), (7,), (1000, 300), (2,), (4096,)]
+    tensors = [pinned_empty(s, torch.float32) for s in shapes]
+    spans = []
+    for t in tensors:
+        size = cudart.registered[t.data_ptr()]
+        assert t.data_ptr() % mmap.PAGESIZE == 0 and size % mmap.PAGESIZE == 0
+        assert t.numel() * 4 <= size < t.numel() * 4 + mmap.PAGESIZE
+        storage = t.untyped_storage()
+        assert storage.data_ptr() <= t.data_ptr() and t.data_ptr() + size <= storage.data_ptr() + storage.nbytes()
+        spans.append((t.data_ptr(), t.data_ptr() + size))
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    for t, values in zip(tensors, [torch.randn(s) for s in shapes]):
+        t.copy_(values)
+    like = [SimpleNamespace(shape=s, dtype=torch.bfloat16, device=torch.device("cpu")) for s in shapes]
+    names = [f"t{i}" for i in range(len(shapes))]
+    master_module.Master(names, tensors, like, "iid", "param").save(tmp_path)
+    loaded = master_module.Master(names, [torch.zeros(s) for s in shapes], like, "iid", "param")
+    loaded.load(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.master, tensors))
+    ptrs = [t.data_ptr() for t in tensors]
+    del tensors, t
+    gc.collect()
+    assert sorted(cudart.unregistered) == sorted(ptrs)
+
+
+def test_a_refused_registration_falls_back_to_torchs_pinned_allocator(monkeypatch):
+    from es_repro.engines.weights import pinned_empty
+
+    asked = {}
+    real_empty = torch.empty
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: RecordingCudart(refuse=True))
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: asked.update(k) or real_empty(*a, **{**k, "pin_memory": False}))
+    t = pinned_empty((4, 4), torch.float32)
+    assert asked.get("pin_memory") is True and t.shape == (4, 4) and t.dtype == torch.float32

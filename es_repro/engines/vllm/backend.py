@@ -278,10 +278,12 @@ def model_directory(model_cfg) -> str:
     if model_cfg.source == "gguf_package":
         return str(gguf_checkpoint(model_cfg.path, model_cfg.gguf_file))
     if model_cfg.source in ("tiny_random", "random_shape"):
-        name = "tiny-random" if model_cfg.source == "tiny_random" else f"random-{model_cfg.path}"
+        name = "tiny-random" if model_cfg.source == "tiny_random" else random_shape_name(model_cfg)
         target = cache_root() / f"{name}-seed{model_cfg.seed}"
         if not (target / "config.json").is_file():
             save_checkpoint_atomically(*_build_in_code(model_cfg), target)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the model built on the GPU is gone; vLLM profiles the free memory next
         return str(target)
     if Path(model_cfg.path).is_dir():
         return str(Path(model_cfg.path).resolve())
@@ -291,14 +293,27 @@ def model_directory(model_cfg) -> str:
 
 
 def _build_in_code(model_cfg):
-    """A model built from code (tests, the benchmark's random-weight shapes), to be saved for the engine."""
+    """A model built from code (tests, the benchmark's random-weight shapes), to be saved for the engine. A random
+    shape is built on the device and in the dtype the HF backend's load_model uses: its random init draws from that
+    device's generator, so the two engines score the same weights (`python -m es_repro.bench --modes
+    default,vllm`)."""
     if model_cfg.source == "tiny_random":
         from es_repro.models.tiny import build_tiny_model
 
         return build_tiny_model(seed=model_cfg.seed)
+    from es_repro.models.loading import resolve_device, resolve_dtype
     from es_repro.models.shapes import build_random_shape
 
-    return build_random_shape(model_cfg.path, dtype=torch.bfloat16, device=torch.device("cpu"), seed=model_cfg.seed)
+    device = resolve_device(model_cfg.device)
+    return build_random_shape(model_cfg.path, dtype=resolve_dtype(model_cfg.dtype, device), device=device,
+                              seed=model_cfg.seed)
+
+
+def random_shape_name(model_cfg) -> str:
+    """The cached checkpoint's name: the init differs per device kind and dtype, so each has its own."""
+    from es_repro.models.loading import resolve_device
+
+    return f"random-{model_cfg.path}-{resolve_device(model_cfg.device).type}-{engine_dtype(model_cfg)}"
 
 
 def engine_dtype(model_cfg) -> str:

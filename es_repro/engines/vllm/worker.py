@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from es_repro.engines.master import MODEL_FILE, Master
-from es_repro.engines.weights import master_copy
+from es_repro.engines.weights import cast_to, master_copy
 from es_repro.es.update_rules import build_update_rule
 from es_repro.models.loading import DTYPES
 
@@ -62,7 +62,7 @@ class EngineMaster(Master):
     def working(self, seed: int | None = None, scale: float = 0.0) -> Tensors:
         """cast(master), or cast(master) + scale * eps(seed) rounded as ESWeights.perturb does; one tensor at a time."""
         for i, (name, m) in enumerate(zip(self.names, self.master)):
-            w = m.to(device=self.device, dtype=self.dtype, copy=True)  # copy: an fp32 master on the device would alias
+            w = cast_to(m, self.device, self.dtype)  # a copy: an fp32 master on the device would alias
             if seed is not None:
                 w.add_(scale * self.noise(i, seed))
             yield name, w
@@ -83,7 +83,8 @@ class EngineMaster(Master):
         self.restore()
 
     def save_model(self, path: Path) -> None:
-        save_file({n: w.contiguous() for n, w in self.working()}, path / MODEL_FILE, metadata={"format": "pt"})
+        # each working tensor goes to host memory as it is made: a dict of them on the GPU would be a second model
+        save_file({n: w.to("cpu").contiguous() for n, w in self.working()}, path / MODEL_FILE, metadata={"format": "pt"})
 
     def load(self, path: Path) -> None:
         super().load(path)

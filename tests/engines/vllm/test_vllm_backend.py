@@ -490,3 +490,27 @@ def test_an_in_process_engine_is_refused_in_a_run_of_several_processes():
         check_engine_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, 2)
     check_engine_process({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, 1)  # one process: the engine may share it
     check_engine_process({}, 4)  # vLLM's default: the engine in its own process
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32"])
+def test_a_random_shape_is_built_for_the_engine_as_the_hf_backend_builds_it(dtype, monkeypatch, tmp_path):
+    """The random init draws from the build device's generator: the checkpoint vLLM loads is built on the device
+    and in the dtype of the HF backend's load_model (on a GPU, both on CUDA), and cached under that device and dtype."""
+    from es_repro.engines.vllm import backend as vllm_backend
+    from es_repro.models import loading, shapes
+    from es_repro.models.tiny import build_tiny_model
+
+    built = []
+
+    def record(name, *, dtype, device, seed=0):
+        built.append((name, dtype, torch.device(device), seed))
+        return build_tiny_model(seed=seed)
+
+    monkeypatch.setattr(shapes, "build_random_shape", record)
+    monkeypatch.setattr(loading, "cache_root", lambda: tmp_path)
+    model_cfg = make_cfg(["model=qwen2.5-1.5b-random", f"model.dtype={dtype}"]).model
+    loading.load_model(model_cfg)
+    directory = vllm_backend.model_directory(model_cfg)
+    assert len(built) == 2 and built[0] == built[1]
+    device, resolved = loading.resolve_device(model_cfg.device), vllm_backend.engine_dtype(model_cfg)
+    assert directory == str(tmp_path / f"random-qwen2.5-1.5b-{device.type}-{resolved}-seed{model_cfg.seed}")

@@ -22,6 +22,14 @@ report="$out/gpu_check_$(date -u +%Y%m%d_%H%M%S)$([[ $dry == 1 ]] && echo _dry).
 export PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
 section() { printf '\n## %s\n\n```\n' "$1" >> "$report"; }
 end() { echo '```' >> "$report"; }
+# step LIMIT LINES CMD...: CMD under a time limit; its last LINES lines (warnings dropped) go to the report, and a
+# step stopped by its limit says so there
+step() {
+    local limit=$1 lines=$2
+    shift 2
+    timeout "$limit" "$@" 2>&1 | grep -v Warning | tail -n "$lines" >> "$report"
+    (( PIPESTATUS[0] == 124 )) && echo "(stopped at the $limit s limit)" >> "$report"
+}
 
 # 1. preflight ---------------------------------------------------------------------------------------------------
 if ! python -c "import hydra, omegaconf, submitit, pytest" 2>/dev/null && ls .gpu-wheels/*.whl >/dev/null 2>&1; then
@@ -52,26 +60,22 @@ fi
 
 # 2. device facts and noise fingerprints --------------------------------------------------------------------------
 section "Device and noise fingerprints"
-timeout 60 python -m es_repro.es.fingerprint >> "$report" 2>&1
+step 60 40 python -m es_repro.es.fingerprint
 end
 
 # 3. gpu-marked tests ----------------------------------------------------------------------------------------------
 section "gpu-marked tests (tests/engines/test_gpu.py)"
-timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/engines/test_gpu.py 2>&1 | tail -15 >> "$report"
-(( PIPESTATUS[0] == 124 )) && echo "(stopped at the 150 s limit)" >> "$report"
+step 150 15 python -m pytest -q -m gpu -p no:cacheprovider tests/engines/test_gpu.py
 end
 
 # 4. benchmark rows ------------------------------------------------------------------------------------------------
 # one process per mode, each with its own limit: a slow cold compile must not take the default row with it
 for mode in "${modes[@]}"; do
     section "Benchmark: ${bench[*]} (mode $mode)"
-    limit=$([[ $mode == compiled ]] && echo 170 || echo 100)
-    timeout $limit python -m es_repro.bench "${bench[@]}" --timed-members 1 --modes "$mode" 2>&1 | grep -v Warning | tail -12 >> "$report"
-    (( PIPESTATUS[0] == 124 )) && echo "(stopped at the ${limit} s limit)" >> "$report"
+    step "$([[ $mode == compiled ]] && echo 170 || echo 100)" 12 python -m es_repro.bench "${bench[@]}" --timed-members 1 --modes "$mode"
     end
 done
 section "Members in flight: 2 processes on the device, same setting (compare with the default row above)"
-timeout 90 python -m es_repro.bench "${bench[@]}" --timed-members 2 --modes inflight --inflight 2 2>&1 | grep -v Warning | tail -6 >> "$report"
-(( PIPESTATUS[0] == 124 )) && echo "(stopped at the 90 s limit)" >> "$report"
+step 90 6 python -m es_repro.bench "${bench[@]}" --timed-members 2 --modes inflight --inflight 2
 end
 cat "$report"

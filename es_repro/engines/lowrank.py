@@ -86,7 +86,7 @@ class LowRankESWeights(ESWeights):
                 b = torch.cat([b for _, b in pairs], dim=1)
                 delta.addmm_(a, b.T)
             self.rule.step(self.names[i], m, delta.to(m.device))
-            p.copy_(m.to(p.device))
+            self.write_working(i)
 
     def perturb(self, seed: int, scale: float) -> None:
         raise NotImplementedError("low-rank members are evaluated together: use population()")

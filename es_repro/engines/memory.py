@@ -149,20 +149,19 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
         plan.host.append(("master (fp32)", P * 4 * tp, "pinned, off the GPU" + (f"; {tp} workers" if tp > 1 else "")))
     state = rule_state_tensors(cfg.es)
     if state:  # the update rule's own fp32 tensors, beside the master
-        what = " + ".join(name for name, on in (("momentum's velocity", cfg.es.update == "momentum"),
-                                               ("es.decay's base copy", cfg.es.decay > 0)) if on)
+        what = " + ".join(state)
         if master_on_gpu:
-            add(("update rule state", state * P * 4, what))
+            add(("update rule state", len(state) * P * 4, what))
         else:
-            plan.host.append(("update rule state", state * P * 4 * tp, what + (f"; {tp} workers" if tp > 1 else "")))
+            plan.host.append(("update rule state", len(state) * P * 4 * tp, what + (f"; {tp} workers" if tp > 1 else "")))
     if not vllm and cfg.es.antithetic and cfg.es.reuse_pair_noise:
         add(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))
     add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
     if not vllm:
-        batch, rows = generate_rows(cfg)
+        batch, batch_note = generate_rows(cfg)
         kv = batch * width * shape.kv_bytes_per_token(b)
         act = batch * cfg.task.max_prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * b + batch * shape.vocab * 4
-        add(("KV cache", kv, f"{rows} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
+        add(("KV cache", kv, f"{batch_note} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
         add(("activations", act, f"prefill of {batch} x {cfg.task.max_prompt_tokens} tokens"))
     if vllm:  # the engine scores KL; each worker keeps the base weights in host memory to write them in for it
         add(("evaluation copies", 0, "none: the engine scores KL under the base weights written in from host memory"))
@@ -179,10 +178,11 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
     return plan
 
 
-def rule_state_tensors(es_cfg) -> int:
-    """Model-size fp32 tensors the update rule keeps (es_repro/es/update_rules.py): momentum's velocity, and the
-    base weights es.decay pulls toward."""
-    return int(es_cfg.update == "momentum") + int(es_cfg.decay > 0)
+def rule_state_tensors(es_cfg) -> list[str]:
+    """The model-size fp32 tensor sets the update rule keeps (es_repro/es/update_rules.py): momentum's velocity, and
+    the base weights es.decay pulls toward."""
+    kept = [("momentum's velocity", es_cfg.update == "momentum"), ("es.decay's base copy", es_cfg.decay > 0)]
+    return [name for name, on in kept if on]
 
 
 def generate_rows(cfg) -> tuple[int, str]:

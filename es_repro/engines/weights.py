@@ -102,18 +102,22 @@ class ESWeights(Master):
         if keep:
             self.kept[seed] = noises
 
+    def write_working(self, i: int) -> None:
+        """Working tensor i = cast(master i). A pinned host master crosses in fp32 and is cast on the GPU (cast_to)."""
+        self.params[i].copy_(self.master[i].to(self.params[i].device))
+
     @torch.no_grad()
     def restore(self) -> None:
         """Working weights back to cast(master): bit-identical to before the perturbation."""
-        for p, m in zip(self.params, self.master):
-            p.copy_(m.to(p.device))  # a pinned host master crosses in fp32 and is cast on the GPU (cast_to)
+        for i in range(len(self.params)):
+            self.write_working(i)
 
     @torch.no_grad()
     def apply_update(self, seed_coeffs: Iterable[tuple[int, float]]) -> None:
         """The update rule moves the master by delta = sum_k coeff_k * eps(seed_k) in fp32; each working tensor is
         rewritten as soon as its master moved (es.master_device=cpu: streamed one tensor at a time)."""
         for i in self.step_master(seed_coeffs):
-            self.params[i].copy_(self.master[i].to(self.params[i].device))
+            self.write_working(i)
 
     def load_master(self, state: dict[str, torch.Tensor]) -> None:
         """Set master (and working copy) from saved fp32 tensors; missing or extra names are an error."""

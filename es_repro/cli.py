@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from es_repro.config.load import CONF_DIR, load_config, register
-from es_repro.run.errors import UserError
+from es_repro.util.errors import UserError
 
 # Before @hydra.main composes conf/: the typed schema and the run_name resolver. At import, because a submitit job
 # process gets the task function by importing this module and resolves the run directory with run_name.
@@ -75,17 +75,15 @@ def launch(dcfg: DictConfig, run_dir: Path) -> dict:
         from es_repro.baselines import run_baseline
 
         return run_baseline(cfg, run_dir)
-    from es_repro.es.loop import run_es  # heavy imports only after the config is known to be valid
-    from es_repro.run import distributed
+    from es_repro.engines.base import engine_class, engine_name
+    from es_repro.train import run_es  # heavy imports only after the config is known to be valid
+    from es_repro.util import distributed
 
-    if cfg.generation.backend == "vllm":  # an installed engine is a fact of this machine, not of the config
-        from es_repro.engines.vllm.checks import require_vllm
-
-        require_vllm()
-
-    # torchrun or a multi-task submitit/SLURM job: the processes share one ES population; a vLLM engine may span
-    # several GPUs (tensor parallel), so each process binds a group of that size
-    per_process = cfg.generation.vllm.tensor_parallel_size if cfg.generation.backend == "vllm" else 1
+    engine = engine_class(engine_name(cfg))
+    engine.preflight(cfg)  # facts of this machine the engine needs (an installed library), before anything loads
+    # torchrun or a multi-task submitit/SLURM job: the processes share one ES population; an engine may span
+    # several GPUs (vLLM's tensor parallel), so each process binds a group of that size
+    per_process = engine.devices_per_process(cfg)
     distributed.init(per_process)
     cfg = fit_on_the_gpu(cfg, per_process)
     return run_es(cfg, run_dir)
@@ -97,7 +95,7 @@ def fit_on_the_gpu(cfg, per_process: int):
     import torch
 
     from es_repro.engines.memory import check_fits
-    from es_repro.run import distributed
+    from es_repro.util import distributed
 
     if not torch.cuda.is_available():
         return cfg

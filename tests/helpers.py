@@ -21,7 +21,7 @@ def single_thread_run(run_dir, overrides: list[str]):
     multi-process runs (float reductions depend on the thread count)."""
     import torch
 
-    from es_repro.es.loop import run_es
+    from es_repro.train import run_es
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -47,11 +47,22 @@ def assert_same_final_weights(run_a, run_b) -> None:
 
 def missing_tool(message: str) -> None:
     """A system tool a test needs is absent: skipped on a developer's machine, a failure under CI (.ci/run installs
-    every tool, so a skip there would hide a broken install step)."""
+    every tool, so a skip there would hide a broken install step). Callable in a test or at a module's top level."""
     import os
 
     import pytest
 
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI=true: .ci/run must provide it before the tests)")
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str):
+    """The imported module, or missing_tool's skip (a failure under CI) when it cannot be imported: for a
+    dependency that pyproject.toml installs, where pytest.importorskip would hide a broken install even under CI."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        missing_tool(f"{name} cannot be imported ({err}); it is a dependency in pyproject.toml")

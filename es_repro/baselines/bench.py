@@ -57,7 +57,7 @@ def measure(method: str, model: str, task: str, max_new_tokens: int, steps: int,
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
             if method == "es":
-                from es_repro.es.loop import run_es
+                from es_repro.train import run_es
 
                 run_es(dataclasses.replace(cfg, es=dataclasses.replace(cfg.es, generations=steps)), run_dir)
             else:

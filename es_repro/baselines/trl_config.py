@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from es_repro.config.schema import RunConfig
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 CONFIG_CLASSES = {"grpo": ("trl", "GRPOConfig"), "ppo": ("trl.experimental.ppo", "PPOConfig")}
 DOCS = {
@@ -136,6 +136,6 @@ def make_plan(cfg: RunConfig, train_rows: int, per_step: float) -> Plan:
 
 
 def check_trl_config(cfg: RunConfig) -> None:
-    """Baseline runs' config check (es_repro.config.load_config): names, ownership and TRL's own value checks,
+    """Baseline runs' launch check (baselines/checks.py check_launch): names, ownership and TRL's own value checks,
     before any model loads."""
     build_args(cfg, Path("unused-by-validation"))

@@ -49,13 +49,13 @@ import torch
 from es_repro.bench import roofline
 from es_repro.bench.release_loop import PaperLoopWeights, release_tell
 from es_repro.config.load import to_run_config
-from es_repro.engines.hf.backend import HFBackend, HFLowRankBackend, make_generator, make_weights, pack_weights
+from es_repro.engines.base import build_backend
+from es_repro.engines.hf.backend import HFBackend
 from es_repro.engines.hf.generation import HFGenerator
-from es_repro.engines.lowrank import LowRankESWeights
 from es_repro.es import strategy as es
 from es_repro.models.loading import load_model
-from es_repro.run.timing import Timer
 from es_repro.tasks import task_from_config
+from es_repro.util.timing import Timer
 
 MODES = ("paper", "default", "compiled", "lowrank", "vllm", "inflight")
 
@@ -159,7 +159,7 @@ def bench_inflight(cfg, dtype: str, processes: int, timed_members: int = 0, forc
                    prompt_tokens: int = 0, limits: tuple[float, float] | None = None) -> dict:
     """Members in flight on one device: ``processes`` spawned processes, each with its own model copy in default
     mode, split the (timed) members round-robin, as torchrun processes sharing a GPU split a generation
-    (es_repro/run/distributed.py). On CPU each gets threads // processes threads. Phases are the slowest process's,
+    (es_repro/util/distributed.py). On CPU each gets threads // processes threads. Phases are the slowest process's,
     scaled by N/K like bench_generation's; total_s = slowest members + slowest update; tokens are summed."""
     n = cfg.es.population
     timed = timed_members or n
@@ -222,27 +222,28 @@ def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1, force_tokens: bo
     return backend
 
 
-def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
-    if mode == "vllm":
-        from es_repro.engines.vllm import backend as vllm_backend
-
-        return vllm_backend.build(replace(cfg, model=replace(cfg.model, dtype=dtype),
-                                          generation=replace(cfg.generation, backend="vllm")), task)
+def mode_config(cfg, mode: str, dtype: str, lowrank_rank: int = 1):
+    """The run config a benchmark mode times: ``python -m es_repro`` with these settings builds the same engine,
+    through the same build (the paper mode alone is the release's loop, not a run of es-repro)."""
+    cfg = replace(cfg, model=replace(cfg.model, dtype=dtype))
     if mode == "compiled":
-        cfg = replace(cfg, generation=replace(cfg.generation, cache="static", compile="on"))
-    model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
-    if mode == "paper":
-        weights = PaperLoopWeights(model, "correlated", cfg.es.alpha, cfg.es.population)
-        generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
-                                max_new_tokens=cfg.task.max_new_tokens, stop_strings=(),
-                                batch_size=len(task.train_rows), sort_by_length=False)
-        return HFBackend(model, tokenizer, generator, weights)
-    pack_weights(cfg, model)  # generation.packed_weights, as a run has it
-    generator = make_generator(cfg, task, model, tokenizer)
+        return replace(cfg, generation=replace(cfg.generation, cache="static", compile="on"))
     if mode == "lowrank":
-        return HFLowRankBackend(model, tokenizer, generator, LowRankESWeights(model, rank=args_rank),
-                                members_per_forward=cfg.es.members_per_forward)
-    return HFBackend(model, tokenizer, generator, make_weights(model, cfg.es))  # es.noise_cache as a run has it
+        return replace(cfg, es=replace(cfg.es, lowrank=lowrank_rank))
+    if mode == "vllm":
+        return replace(cfg, generation=replace(cfg.generation, backend="vllm"))
+    return cfg
+
+
+def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
+    if mode != "paper":
+        return build_backend(mode_config(cfg, mode, dtype, args_rank), task)
+    model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
+    weights = PaperLoopWeights(model, "correlated", cfg.es.alpha, cfg.es.population)
+    generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
+                            max_new_tokens=cfg.task.max_new_tokens, stop_strings=(),
+                            batch_size=len(task.train_rows), sort_by_length=False)
+    return HFBackend(model, tokenizer, generator, weights)
 
 
 def cut_prompts(task, tokenizer, n_tokens: int):

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from es_repro.config.schema import WANDB_MODES, RunConfig
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 # "module:function" taking the RunConfig; a new feature with settings of its own adds one line.
 FEATURE_CHECKS = (
@@ -27,6 +27,8 @@ FEATURE_CHECKS = (
     "es_repro.baselines.checks:check",
     "es_repro.probe.checks:check",
 )
+# Checks a launch runs after validate(): slower ones that a config rebuilt from run.json does not repeat.
+LAUNCH_CHECKS = ("es_repro.baselines.checks:check_launch",)
 OPEN_DICTS = {"task.options", "baseline.trl"}  # pass-through keywords, checked by their consumers
 
 
@@ -65,12 +67,17 @@ def known_keys(node: Any, schema: Any, prefix: str = "") -> None:
             known_keys(node[key], sub, f"{path}.")
 
 
+def run_checks(cfg: RunConfig, specs: tuple[str, ...]) -> None:
+    """Call each "module:function" on cfg; modules are imported here, so config/ imports no feature package."""
+    for spec in specs:
+        module, _, fn = spec.partition(":")
+        getattr(importlib.import_module(module), fn)(cfg)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every value that types alone cannot; raise ConfigError naming the field and what is allowed."""
     finite_floats(cfg)
-    for spec in FEATURE_CHECKS:
-        module, _, fn = spec.partition(":")
-        getattr(importlib.import_module(module), fn)(cfg)
+    run_checks(cfg, FEATURE_CHECKS)
     positive("eval.every", cfg.eval.every, allow_zero=True)
     positive("eval.kl_samples", cfg.eval.kl_samples, allow_zero=True)
     positive("eval.kl_temperature", cfg.eval.kl_temperature)

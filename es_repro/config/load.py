@@ -9,10 +9,10 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from es_repro.config.checks import known_keys, validate
+from es_repro.config.checks import LAUNCH_CHECKS, known_keys, run_checks, validate
 from es_repro.config.run_dirs import run_name
 from es_repro.config.schema import RunConfig
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 
 def conf_dir() -> str:
@@ -55,12 +55,10 @@ def to_run_config(dcfg: DictConfig) -> RunConfig:
 
 
 def load_config(dcfg: DictConfig) -> RunConfig:
-    """The typed, validated config of a launch; baseline runs also pass TRL's own checks (before any model loads)."""
+    """The typed, validated config of a launch, after LAUNCH_CHECKS too (baseline runs: TRL's own checks), before
+    any model loads."""
     cfg = to_run_config(dcfg)
-    if cfg.baseline.method != "none":
-        from es_repro.baselines.trl_config import check_trl_config  # imports TRL: only for baseline runs
-
-        check_trl_config(cfg)
+    run_checks(cfg, LAUNCH_CHECKS)
     return cfg
 
 

@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from es_repro.run.files import file_sha256
+from es_repro.util.files import file_sha256
 
 MAX_RUN_NAME = 200  # file systems refuse names over 255 bytes; leave room for suffixes such as ".tmp"
 _KEY = re.compile(r"(?:^|,)([+~]*[A-Za-z_][\w.\-]*)=")

@@ -82,6 +82,11 @@ class ESConfig:
     qes: QESConfig = field(default_factory=QESConfig)  # es.update=qes settings (sigma, alpha in code units)
 
 
+def es_config_from_dict(data: dict) -> ESConfig:
+    """An ES section sent as plain values (dataclasses.asdict; a vLLM worker receives it so) as the typed ESConfig."""
+    return ESConfig(**{**data, "qes": QESConfig(**data["qes"])})
+
+
 @dataclass
 class VLLMConfig:
     """generation.backend=vllm only: the engine's settings (es_repro/engines/vllm/backend.py)."""

@@ -16,19 +16,36 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:  # typing only: this module stays import-light (config validation reads BACKENDS)
     from es_repro.es.strategy import Member
-    from es_repro.run.timing import Timer
     from es_repro.tasks.base import Row, Task
+    from es_repro.util.timing import Timer
 
 # generation.backend value -> "module:factory". Factories are imported only when chosen.
 BACKENDS = {"hf": "es_repro.engines.hf.backend:build", "qes": "es_repro.qes.backend:build",
             "vllm": "es_repro.engines.vllm.backend:build"}
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, completion token ids)
+MemoryRow = tuple[str, int, str]  # a term of the memory plan: (term, bytes, note)
+
+
+@dataclass
+class EngineMemory:
+    """An engine's own terms of the plan (Backend.memory_terms); plan_memory adds the terms every float engine
+    shares around them: the fp32 master and the rule's state, the update buffers, the KL logits, the CUDA context."""
+    weights: list[MemoryRow] = field(default_factory=list)  # per GPU, first in the table: the model (or the engine's share)
+    generation: list[MemoryRow] = field(default_factory=list)  # per GPU: KV cache, activations, held noise
+    evaluation: list[MemoryRow] = field(default_factory=list)  # per GPU: models loaded for evaluation
+    host: list[MemoryRow] = field(default_factory=list)  # host memory of one process
+    problems: list[str] = field(default_factory=list)  # what cannot work whatever the total
+    master: bool = True  # keeps an fp32 master (and the rule's state) that the update moves
+    master_copies: int = 1  # whole masters one process keeps (vLLM: one per tensor-parallel worker)
+    copies_per_process: bool = False  # processes sharing a GPU each hold every term (members in flight)
+    kl_logits_note: str = ""
 
 
 class Backend:
@@ -37,6 +54,7 @@ class Backend:
     here without probing for it."""
 
     name = "backend"
+    update_rules: tuple[str, ...] = ("sgd", "momentum")  # the es.update values it runs (es_repro/es/update_rules.py)
     keep_reference = True  # eval.keep_base_model: keep the base model (for KL) loaded between evaluations
     generated_tokens: int = 0  # running count of generated tokens, for throughput reports
     tokenizer: Any = None
@@ -44,6 +62,34 @@ class Backend:
 
     def __init__(self, reference: Callable[[], Any] | None = None):
         self._reference_loader, self._reference = reference, None
+
+    # what the engine is, before anything loads: asked of the class by the config checks, the launch and the
+    # memory plan, so that no caller names an engine ---------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ConfigError for settings this engine cannot run (beyond the generation.* checks every engine
+        shares, es_repro/engines/checks.py)."""
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """Facts of this machine the engine needs (an installed library), checked before anything loads; raise
+        ConfigError naming the fix."""
+
+    @classmethod
+    def devices_per_process(cls, cfg) -> int:
+        """Accelerators one process of a run binds (a tensor-parallel engine: its group)."""
+        return 1
+
+    @classmethod
+    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int) -> EngineMemory:
+        """The engine's own terms of the per-GPU memory plan of a model of ``shape`` (es_repro/engines/memory.py
+        ModelShape) on GPUs of ``gpu_bytes``, ``sharing`` processes to a GPU."""
+        return EngineMemory(weights=[("engine terms", 0, f"not stated by the {cls.name} engine")])
+
+    @classmethod
+    def memory_levers(cls, cfg) -> list[str]:
+        """Settings of this engine that shrink its terms, most effective first."""
+        return []
 
     # run.json and the generation log --------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -172,6 +218,15 @@ MOVED_MODULES = {"es_repro.hf_backend": "es_repro.engines.hf.backend",
                  "es_repro.vllm_backend": "es_repro.engines.vllm.backend"}
 
 
+def builds(engine: type[Backend]) -> Callable:
+    """Marks an engine factory with the class it builds, so the engine's class-level facts (config checks,
+    preflight, devices, memory terms) are known before it builds anything: ``@builds(MyBackend)`` above ``build``."""
+    def mark(factory: Callable) -> Callable:
+        factory.engine = engine
+        return factory
+    return mark
+
+
 def backend_factory(name: str) -> Callable[..., Backend]:
     """The factory for a generation.backend value: a registered name, or "package.module:factory"."""
     spec = BACKENDS.get(name, name)
@@ -191,14 +246,24 @@ def backend_factory(name: str) -> Callable[..., Backend]:
         raise ValueError(f"generation.backend={name!r}: cannot import {spec} ({err})") from None
 
 
-def backend_name(cfg) -> str:
-    """generation.backend, except where es.update names its own engine (es_repro/es/update_rules.py UPDATES: qes
-    runs the QES backend, the HF engine on a quantized model) and the configured one is the default hf."""
-    from es_repro.es.update_rules import UPDATES
+def engine_class(name: str) -> type[Backend]:
+    """The Backend class an engine name builds (its factory's @builds mark, or the factory itself when it is a
+    Backend subclass); Backend's defaults for a factory that states nothing."""
+    factory = backend_factory(name)
+    if isinstance(factory, type) and issubclass(factory, Backend):
+        return factory
+    return getattr(factory, "engine", Backend)
 
-    engine = UPDATES[cfg.es.update].backend
-    return engine if engine and cfg.generation.backend == "hf" else cfg.generation.backend
+
+def engine_name(cfg) -> str:
+    """The engine a run uses: generation.backend, except where es.update names its own engine (es.update=qes runs
+    the QES engine) and generation.backend is left at its default."""
+    from es_repro.config.schema import GenerationConfig
+    from es_repro.es.update_rules import update_method
+
+    configured, implied = cfg.generation.backend, update_method(cfg.es.update).engine
+    return implied if implied and configured == GenerationConfig.backend else configured
 
 
 def build_backend(cfg, task: "Task") -> Backend:
-    return backend_factory(backend_name(cfg))(cfg, task)
+    return backend_factory(engine_name(cfg))(cfg, task)

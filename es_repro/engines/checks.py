@@ -1,12 +1,13 @@
-"""generation.* settings shared by every engine (config/checks.py); generation.vllm.* in engines/vllm/checks.py."""
+"""generation.* settings shared by every engine, and the chosen engine's own checks through its class
+(config/checks.py FEATURE_CHECKS); generation.vllm.* values in engines/vllm/checks.py."""
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 
 def check(cfg) -> None:
-    from es_repro.engines.base import BACKENDS
+    from es_repro.engines.base import BACKENDS, engine_class, engine_name
     from es_repro.engines.hf.generation import CACHES, COMPILE_MODES
     from es_repro.engines.hf.packed import PACKED_WEIGHTS
 
@@ -23,3 +24,13 @@ def check(cfg) -> None:
     if g.backend not in BACKENDS and ":" not in g.backend:
         raise ConfigError(f"generation.backend={g.backend!r} is not allowed; choose one of: "
                           f"{', '.join(BACKENDS)} (or a factory as package.module:function)")
+    name = engine_name(cfg)
+    try:
+        engine = engine_class(name)
+    except ValueError as err:  # a package.module:function that does not import
+        raise ConfigError(str(err)) from None
+    if cfg.es.update not in engine.update_rules:
+        implied = f" (es.update={cfg.es.update} runs generation.backend={name})" if name != g.backend else ""
+        raise ConfigError(f"es.update={cfg.es.update} does not run on generation.backend={g.backend}{implied}; that "
+                          f"engine runs es.update: {', '.join(engine.update_rules)}")
+    engine.check_config(cfg)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from es_repro.engines.weights import ESWeights
+from es_repro.es.noise import tensor_seed
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import SGD
 
@@ -27,7 +28,7 @@ from es_repro.es.update_rules import SGD
 def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) with A: (rows, r), B: (cols, r), float32, on the weight's device."""
     gen = torch.Generator(device=weight.device)
-    gen.manual_seed(seed + index)
+    gen.manual_seed(tensor_seed(seed, index, "iid"))  # low-rank factors are always i.i.d. per tensor
     a = torch.randn(weight.shape[0], rank, generator=gen, dtype=torch.float32, device=weight.device)
     b = torch.randn(weight.shape[1], rank, generator=gen, dtype=torch.float32, device=weight.device)
     return a, b

@@ -23,8 +23,9 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from es_repro.engines.base import MemoryRow, engine_class, engine_name
 from es_repro.models.shapes import SHAPES
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 GIB = 1 << 30
 CONTEXT_BYTES = int(1.5 * GIB)  # CUDA context, cuBLAS workspaces, allocator fragmentation
@@ -95,9 +96,10 @@ def model_shape(model_cfg) -> ModelShape | None:
 @dataclass
 class Plan:
     gpu_bytes: int
-    rows: list[tuple[str, int, str]] = field(default_factory=list)  # (term, bytes per GPU, note)
-    host: list[tuple[str, int, str]] = field(default_factory=list)  # host memory of one process: (term, bytes, note)
+    rows: list[MemoryRow] = field(default_factory=list)  # (term, bytes per GPU, note)
+    host: list[MemoryRow] = field(default_factory=list)  # host memory of one process: (term, bytes, note)
     problems: list[str] = field(default_factory=list)  # what cannot work whatever the total (vLLM's share)
+    master: bool = True  # the engine keeps an fp32 master (es.master_device can move it)
 
     @property
     def total(self) -> int:
@@ -120,62 +122,46 @@ class Plan:
 
 
 def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Plan:
-    """The per-GPU plan of ``cfg`` (its es.master_device taken as given: auto = beside the model)."""
-    dtype = cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"  # auto is bf16 on CUDA
-    b = DTYPE_BYTES[dtype]
+    """The per-GPU plan of ``cfg`` (its es.master_device taken as given: auto = beside the model): the engine's own
+    terms (Backend.memory_terms of the engine the config runs) around the terms every float engine shares."""
+    terms = engine_class(engine_name(cfg)).memory_terms(cfg, shape, gpu_bytes, sharing)
+    b = dtype_bytes(cfg)
     noise_b = b if cfg.es.noise_dtype == "param" else 4
-    P = shape.params
-    width = cfg.task.max_prompt_tokens + cfg.task.max_new_tokens
+    P, workers = shape.params, terms.master_copies
     kl_len = cfg.task.max_prompt_tokens + (cfg.eval.kl_max_new_tokens or cfg.task.max_new_tokens)
     master_on_gpu = cfg.es.master_device != "cpu"
-    plan = Plan(gpu_bytes)
+    plan = Plan(gpu_bytes, problems=list(terms.problems), master=terms.master)
     add = plan.rows.append
-    vllm = cfg.generation.backend == "vllm"
-    tp = cfg.generation.vllm.tensor_parallel_size if vllm else 1
-    if vllm:
-        share = int(cfg.generation.vllm.gpu_memory_utilization / sharing * gpu_bytes)
-        add(("vLLM engine's share", share, f"gpu_memory_utilization {cfg.generation.vllm.gpu_memory_utilization:g}"
-             + (f" / {sharing} engines" if sharing > 1 else "") + f"; holds weights {P * b / tp / GIB:.2f} GiB/GPU + KV"))
-        needed = P * b // tp + shape.kv_bytes_per_token(b) // tp * width
-        if needed > share:
-            plan.problems.append(f"the engine's share ({share / GIB:.1f} GiB) cannot hold its weights and one "
-                                 f"{width}-token sequence's KV cache ({needed / GIB:.1f} GiB)")
-    else:
-        add(("weights", P * b, dtype))
-    add(("master (fp32)", P * 4 if master_on_gpu else 0,
-         "es.master_device=cpu: in pinned host memory" if not master_on_gpu else
-         ("on every tensor-parallel GPU" if tp > 1 else "beside the model")))
-    if not master_on_gpu:
-        plan.host.append(("master (fp32)", P * 4 * tp, "pinned, off the GPU" + (f"; {tp} workers" if tp > 1 else "")))
-    state = rule_state_tensors(cfg.es)
-    if state:  # the update rule's own fp32 tensors, beside the master
-        what = " + ".join(state)
-        if master_on_gpu:
-            add(("update rule state", len(state) * P * 4, what))
-        else:
-            plan.host.append(("update rule state", len(state) * P * 4 * tp, what + (f"; {tp} workers" if tp > 1 else "")))
-    if not vllm and cfg.es.antithetic and cfg.es.reuse_pair_noise:
-        add(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))
+    plan.rows += terms.weights
+    on_workers = f"; {workers} workers" if workers > 1 else ""
+    if terms.master:
+        add(("master (fp32)", P * 4 if master_on_gpu else 0,
+             "es.master_device=cpu: in pinned host memory" if not master_on_gpu else
+             ("on every tensor-parallel GPU" if workers > 1 else "beside the model")))
+        if not master_on_gpu:
+            plan.host.append(("master (fp32)", P * 4 * workers, "pinned, off the GPU" + on_workers))
+        state = rule_state_tensors(cfg.es)
+        if state:  # the update rule's own fp32 tensors, beside the master
+            what = " + ".join(state)
+            if master_on_gpu:
+                add(("update rule state", len(state) * P * 4, what))
+            else:
+                plan.host.append(("update rule state", len(state) * P * 4 * workers, what + on_workers))
+    plan.rows += terms.generation
     add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
-    if not vllm:
-        batch, batch_note = generate_rows(cfg)
-        kv = batch * width * shape.kv_bytes_per_token(b)
-        act = batch * cfg.task.max_prompt_tokens * (2 * shape.intermediate + 4 * shape.hidden) * b + batch * shape.vocab * 4
-        add(("KV cache", kv, f"{batch_note} x {width} tokens (task.max_prompt_tokens + max_new_tokens)"))
-        add(("activations", act, f"prefill of {batch} x {cfg.task.max_prompt_tokens} tokens"))
-    if vllm:  # the engine scores KL; each worker keeps the base weights in host memory to write them in for it
-        add(("evaluation copies", 0, "none: the engine scores KL under the base weights written in from host memory"))
-        if cfg.eval.kl_samples:
-            plan.host.append(("base weights for KL", P * b * tp, f"{dtype}, on every worker"))
-    else:
-        add(("evaluation copies", P * b if cfg.eval.kl_samples else 0, "base model" + (
-            ", kept" if cfg.eval.keep_base_model else ", loaded per evaluation (eval.keep_base_model=false)")))
-    add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0, f"{kl_len} tokens"
-         + (" (vLLM's prompt log-probabilities, beyond its profiled share)" if vllm else "")))
+    plan.rows += terms.evaluation
+    add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0,
+         f"{kl_len} tokens{terms.kl_logits_note}"))
     add(("CUDA context and slack", CONTEXT_BYTES, ""))
-    if not vllm and sharing > 1:  # members in flight: every process on the GPU holds all of the above
+    plan.host += terms.host
+    if terms.copies_per_process and sharing > 1:  # members in flight: every process on the GPU holds all of the above
         add(("other processes on this GPU", (sharing - 1) * plan.total, f"{sharing} processes share it"))
     return plan
+
+
+def dtype_bytes(cfg) -> int:
+    """Bytes per weight of the model on CUDA (model.dtype=auto is bf16 there)."""
+    return DTYPE_BYTES[cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"]
 
 
 def rule_state_tensors(es_cfg) -> list[str]:
@@ -185,38 +171,18 @@ def rule_state_tensors(es_cfg) -> list[str]:
     return [name for name, on in kept if on]
 
 
-def generate_rows(cfg) -> tuple[int, str]:
-    """(rows of one HF generate call, how they arise): generation.batch_size prompts, or with es.lowrank every
-    prompt of the generation once per member sharing the forward."""
-    if not cfg.es.lowrank:
-        return cfg.generation.batch_size, f"batch {cfg.generation.batch_size}"
-    prompts = cfg.es.prompts_per_generation or cfg.task.train_size
-    rows = cfg.es.members_per_forward * prompts
-    return rows, f"es.lowrank: {cfg.es.members_per_forward} members x {prompts} prompts"
-
-
 def levers(cfg, plan: Plan) -> list[str]:
-    """The settings that would shrink this plan, most effective first."""
-    out = []
-    if cfg.es.master_device != "cpu":
-        out.append("es.master_device=cpu")
-    if cfg.eval.keep_base_model and cfg.eval.kl_samples and cfg.generation.backend != "vllm":
-        out.append("eval.keep_base_model=false")
-    if cfg.generation.backend == "vllm":
-        out += ["generation.vllm.tensor_parallel_size", "generation.vllm.gpu_memory_utilization"]
-    elif cfg.es.lowrank:
-        out += ["es.members_per_forward", "es.prompts_per_generation"]
-    else:
-        out.append("generation.batch_size")
-    out.append("task.max_prompt_tokens")
-    return out
+    """The settings that would shrink this plan, most effective first: the master's place, the engine's own
+    levers, the prompt length."""
+    out = ["es.master_device=cpu"] if plan.master and cfg.es.master_device != "cpu" else []
+    return out + engine_class(engine_name(cfg)).memory_levers(cfg) + ["task.max_prompt_tokens"]
 
 
 def resolve_master_device(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1):
     """(cfg with es.master_device decided, its plan): auto keeps the master beside the model when that fits and
     moves it to pinned host memory when only that fits."""
     plan = plan_memory(cfg, shape, gpu_bytes, sharing)
-    if cfg.es.master_device == "auto" and not plan.fits:
+    if cfg.es.master_device == "auto" and plan.master and not plan.fits:
         moved = replace(cfg, es=replace(cfg.es, master_device="cpu"))
         moved_plan = plan_memory(moved, shape, gpu_bytes, sharing)
         if moved_plan.fits:

@@ -6,7 +6,7 @@ from es_repro.config.schema import MASTER_DEVICES
 from es_repro.es.noise import NOISE_CACHE, NOISE_DTYPES, NOISE_MODES
 from es_repro.es.strategy import FITNESS_SHAPING, SEED_STREAMS
 from es_repro.es.update_rules import UPDATES
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 
 def check(cfg) -> None:
@@ -18,7 +18,7 @@ def check(cfg) -> None:
     positive("es.sigma", es.sigma)
     positive("es.alpha", es.alpha)
     positive("es.generations", es.generations, allow_zero=True)
-    one_of("es.noise", es.noise, NOISE_MODES)
+    one_of("es.noise", es.noise, tuple(NOISE_MODES))
     one_of("es.fitness", es.fitness, tuple(FITNESS_SHAPING))
     one_of("es.update", es.update, tuple(UPDATES))
     if not 0.0 <= es.momentum < 1.0:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from es_repro.es.noise import tensor_noise
-from es_repro.run.errors import RunStateError
+from es_repro.util.errors import RunStateError
 
 # 2^22 values: past the size where CUDA's randn launch is capped by the SM count on current GPUs (~1M), so the
 # fingerprint sees what a model's large tensors see. About 16 MB, drawn once per launch.
@@ -87,20 +87,22 @@ def check_ranks_agree(per_rank: list[dict]) -> None:
                         f"one GPU model (SLURM: --constraint or --gpus=<type>:N)")
 
 
-def check_resume(recorded: dict | None, current: dict, allow_change: bool) -> None:
-    """A run resumed where its noise differs from the one it was trained with is refused (es.allow_noise_change)."""
+def check_resume(recorded: dict | None, current: dict, allow_change: bool, *, action: str = "resume",
+                 allow_with: str = "es.allow_noise_change=true") -> None:
+    """A run resumed (or replayed: action="replay", allowed with --allow-noise-change) where its noise differs from
+    the one it was trained with is refused, in one line naming both devices."""
     if not recorded or recorded.get("fingerprint") == current["fingerprint"]:
         return
     if allow_change:
-        print(f"[es-repro] WARNING: resuming with different noise ({recorded.get('name')} "
-              f"-> {current.get('name')}); es.allow_noise_change=true")
+        print(f"[es-repro] WARNING: {action.removesuffix('e')}ing with different noise ({recorded.get('name')} "
+              f"-> {current.get('name')}); {allow_with}")
         return
     raise RunStateError(
         f"this run was trained with noise fingerprint {recorded.get('fingerprint')} on {recorded.get('name')} "
         f"(SMs {recorded.get('sm_count', '-')}, torch {recorded.get('torch')}), but here the same seeds draw "
         f"{current['fingerprint']} on {current.get('name')} (SMs {current.get('sm_count', '-')}, torch "
-        f"{current.get('torch')}): replay and the remaining generations would follow another trajectory. Resume on "
-        f"the original GPU model, or accept the change with es.allow_noise_change=true")
+        f"{current.get('torch')}): replay and the remaining generations would follow another trajectory. "
+        f"{action.capitalize()} on the original GPU model, or accept the change with {allow_with}")
 
 
 def main() -> None:

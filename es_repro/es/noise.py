@@ -17,11 +17,16 @@ then slowed every later decode step by 1.5-2x on a 2-core machine: measured, and
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-NOISE_MODES = ("iid", "correlated")
+# es.noise -> the seed tensor ``index`` of a member with ``seed`` draws from: the one rule every engine's noise
+# follows (full rank, low rank, QES codes). A new noise mode is one entry here.
+NOISE_MODES: dict[str, Callable[[int, int], int]] = {
+    "iid": lambda seed, index: seed + index,  # each tensor its own stream (the release's --seed_shift)
+    "correlated": lambda seed, index: seed,  # one stream re-seeded per tensor (the release's default)
+}
 NOISE_DTYPES = ("param", "float32")
 NOISE_CACHE = ("auto", "on", "off")  # es.noise_cache
 
@@ -34,12 +39,18 @@ def noise_dtype_for(param: torch.Tensor, noise_dtype: str) -> torch.dtype:
     raise ValueError(f"noise dtype {noise_dtype!r} is not one of {NOISE_DTYPES}")
 
 
+def tensor_seed(seed: int, index: int, mode: str) -> int:
+    """The generator seed of tensor ``index`` of a member with ``seed`` under es.noise=``mode``."""
+    rule = NOISE_MODES.get(mode)
+    if rule is None:
+        raise ValueError(f"noise mode {mode!r} is not one of: {', '.join(NOISE_MODES)}")
+    return rule(seed, index)
+
+
 def tensor_noise(param: torch.Tensor, index: int, seed: int, mode: str, noise_dtype: str = "param") -> torch.Tensor:
     """The noise eps for tensor ``index`` of a member with ``seed``."""
-    if mode not in NOISE_MODES:
-        raise ValueError(f"noise mode {mode!r} is not one of {NOISE_MODES}")
     gen = torch.Generator(device=param.device)
-    gen.manual_seed(seed + index if mode == "iid" else seed)
+    gen.manual_seed(tensor_seed(seed, index, mode))
     return torch.randn(param.shape, generator=gen, dtype=noise_dtype_for(param, noise_dtype), device=param.device)
 
 

@@ -141,10 +141,10 @@ STRATEGIES = {"paper": Strategy, "mirrored_pairs": MirroredPairs}
 
 
 def build_strategy(es_cfg, run_seed: int) -> Strategy:
-    """The strategy es.update selects (es_repro/es/update_rules.py UPDATES)."""
-    from es_repro.es.update_rules import UPDATES  # local: this module stays numpy-only
+    """The strategy es.update selects (es_repro/es/update_rules.py update_method)."""
+    from es_repro.es.update_rules import update_method  # local: this module stays numpy-only
 
-    return STRATEGIES[UPDATES[es_cfg.update].strategy](es_cfg, run_seed)
+    return STRATEGIES[update_method(es_cfg.update).strategy](es_cfg, run_seed)
 
 
 def prompt_subset(run_seed: int, generation: int, n_rows: int, k: int) -> list[int]:

@@ -72,25 +72,44 @@ class Momentum(SGD):
 @dataclass(frozen=True)
 class UpdateMethod:
     """What an es.update value selects."""
-    rule: Optional[Callable[..., SGD]]  # the float rule, built from the ESConfig; None: the engine moves the weights
+    rule: Optional[type[SGD]]  # the float rule's class; None: the engine moves the weights itself (qes)
+    settings: Callable[..., dict]  # ESConfig -> the rule's constructor arguments (plain values: they travel to workers)
     strategy: str  # es_repro.es.strategy.STRATEGIES key: how rewards become coefficients
-    backend: Optional[str] = None  # the engine it runs on in place of generation.backend=hf (None: as configured)
+    engine: Optional[str] = None  # the engine it runs on in place of the default one (None: as configured)
 
 
 UPDATES = {
-    "sgd": UpdateMethod(rule=lambda es: SGD(es.decay), strategy="paper"),
-    "momentum": UpdateMethod(rule=lambda es: Momentum(es.momentum, es.decay), strategy="paper"),
-    # ES on quantized codes: mirrored pair coefficients, and the QES backend (es_repro/qes/) applies them
-    "qes": UpdateMethod(rule=None, strategy="mirrored_pairs", backend="qes"),
+    "sgd": UpdateMethod(SGD, lambda es: {"decay": float(es.decay)}, strategy="paper"),
+    "momentum": UpdateMethod(Momentum, lambda es: {"beta": float(es.momentum), "decay": float(es.decay)},
+                             strategy="paper"),
+    # ES on quantized codes: mirrored pair coefficients, and the QES engine (es_repro/qes/) applies them
+    "qes": UpdateMethod(None, lambda es: {}, strategy="mirrored_pairs", engine="qes"),
 }
+
+
+def update_method(update: str) -> UpdateMethod:
+    """The one place an es.update value is resolved: its rule, strategy and engine."""
+    method = UPDATES.get(update)
+    if method is None:
+        raise ValueError(f"es.update={update!r} is not one of: {', '.join(UPDATES)}")
+    return method
+
+
+def rule_spec(es_cfg) -> dict:
+    """The float rule an ESConfig names, as plain values (es.update and the rule's constructor arguments): what a
+    process that builds its own copy of the rule (a vLLM worker) receives, so every setting of the rule reaches it."""
+    return {"update": es_cfg.update, "settings": update_method(es_cfg.update).settings(es_cfg)}
+
+
+def rule_from_spec(spec: dict) -> SGD:
+    """The rule of a rule_spec: the one constructor call of every float update rule."""
+    method = update_method(spec["update"])
+    if method.rule is None:
+        raise ValueError(f"es.update={spec['update']} moves integer codes, not float weights: it runs on the "
+                         f"{method.engine} engine, not through a float update rule")
+    return method.rule(**spec["settings"])
 
 
 def build_update_rule(es_cfg) -> SGD:
     """The float rule an ESConfig names (es.update), with its settings."""
-    method = UPDATES.get(es_cfg.update)
-    if method is None:
-        raise ValueError(f"es.update={es_cfg.update!r} is not one of {tuple(UPDATES)}")
-    if method.rule is None:
-        raise ValueError(f"es.update={es_cfg.update} moves integer codes, not float weights: it runs on the "
-                         f"{method.backend} backend, not through a float update rule")
-    return method.rule(es_cfg)
+    return rule_from_spec(rule_spec(es_cfg))

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.config.schema import ModelConfig
-from es_repro.run.errors import UserError
-from es_repro.run.files import temp_path
+from es_repro.util.errors import UserError
+from es_repro.util.files import temp_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
 from es_repro.config.schema import PROBE_REWARDS, PROBE_SPLITS
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 
 def check(cfg) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from es_repro.probe.stats import recommend, sigma_summary
 from es_repro.probe.store import load_results
-from es_repro.run.files import write_json_atomic
+from es_repro.util.files import write_json_atomic
 
 
 def report_command(run_dir: Path, reward: str) -> str:

@@ -56,8 +56,8 @@ def run_probe(cfg: RunConfig, run_dir: Path) -> dict:
     from es_repro.probe.report import write_report
     from es_repro.run import lifecycle
     from es_repro.run.log import RunLog
-    from es_repro.run.timing import Timer
     from es_repro.tasks import task_from_config
+    from es_repro.util.timing import Timer
 
     if cfg.probe is None:
         raise ValueError("cfg.probe is None: compose the probe's config (conf/probe.yaml), not conf/config.yaml")
@@ -119,7 +119,7 @@ def _hydra_main() -> None:
     from omegaconf import DictConfig
 
     from es_repro.config.load import CONF_DIR, load_config, register
-    from es_repro.run.errors import ConfigError
+    from es_repro.util.errors import ConfigError
 
     register()
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from es_repro.run.files import atomic_file
+from es_repro.util.files import atomic_file
 
 BASE_FILE = "base.npz"
 REWARDS = ("binary", "shaped")

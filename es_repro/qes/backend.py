@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from es_repro.engines.base import builds
 from es_repro.engines.hf.backend import HFBackend, make_generator
 from es_repro.qes import gptq
 from es_repro.qes.model import export_gptq, load_for_qes
@@ -25,7 +26,23 @@ STATE_FILE, RESIDUAL_FILE = "qes_state.json", "qes_residual.safetensors"
 
 class QESBackend(HFBackend):
     name = "qes"
+    update_rules = ("qes",)  # it moves integer codes: no float rule
     reuse_pair_noise = False  # its integer perturbation keeps no noise between members (no keep_noise)
+
+    @classmethod
+    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int):
+        """The HF engine's terms (de-quantized weights, generation, the base model), no fp32 master: the update
+        moves the codes (uint8, one per weight), a perturbation keeps its int8 steps, es.qes.residual=full keeps an
+        fp16 residual per code. Counted over every weight: an upper estimate (only block linears are quantized)."""
+        terms = super().memory_terms(cfg, shape, gpu_bytes, sharing)
+        terms.master = False
+        P = shape.params
+        terms.weights += [("codes (uint8)", P, "the quantized weights ES moves"),
+                          ("perturbation steps (int8)", P, "kept for the integer-exact restore")]
+        q = cfg.es.qes
+        if q.gamma and q.residual == "full":
+            terms.weights.append(("residuals (fp16)", 2 * P, "es.qes.residual=full"))
+        return terms
 
     def __init__(self, *args, source: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -66,6 +83,7 @@ class QESBackend(HFBackend):
         export_gptq(path, self.model, self.tokenizer, dict(zip(w.names, w.quantized)))
 
 
+@builds(QESBackend)
 def build(cfg, task) -> QESBackend:
     q = cfg.es.qes
     model, tokenizer, quantized, source = load_for_qes(cfg.model, q.bits, q.group_size)

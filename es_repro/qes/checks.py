@@ -1,19 +1,16 @@
-"""es.qes.* settings, and which settings es.update=qes rules out (config/checks.py)."""
+"""es.qes.* settings, and which settings es.update=qes rules out (config/checks.py). Which engine runs it is the
+engine's own fact (QESBackend.update_rules, checked in es_repro/engines/checks.py)."""
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
 from es_repro.qes import BITS, INIT_RESIDUALS, NORMS, RESIDUAL_MODES
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 
 def check(cfg) -> None:
     es, q = cfg.es, cfg.es.qes
     if es.update != "qes":
-        if cfg.generation.backend == "qes":
-            raise ConfigError(f"generation.backend=qes needs es.update=qes (it moves integer codes); es.update={es.update!r}")
         return
-    if cfg.generation.backend not in ("hf", "qes"):
-        raise ConfigError(f"es.update=qes runs on generation.backend=hf or qes (the QES backend), not {cfg.generation.backend!r}")
     if es.population % 2:
         raise ConfigError(f"es.population={es.population} must be even when es.update=qes (mirrored pairs)")
     if es.lowrank:
@@ -32,7 +29,3 @@ def check(cfg) -> None:
     one_of("es.qes.bits", q.bits, BITS)
     positive("es.qes.group_size", q.group_size)
 
-
-VLLM_WEIGHT_WRITES = ("reload", "direct")
-VLLM_INSTALL = ("pip install vllm (CUDA; its own torch/transformers pins) or, on CPU, "
-                "bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")

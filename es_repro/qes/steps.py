@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import torch
 
+from es_repro.es.noise import tensor_seed
+
 ROUNDING_STREAM_OFFSET = 12345  # the second (Bernoulli) stream's seed = noise seed + 12345
 RESIDUAL_CLAMP = 1.5
 RESIDUAL_DTYPE = torch.float16
 
 
 def layer_seed(seed: int, layer: int, noise_mode: str) -> int:
-    return seed + layer if noise_mode == "iid" else seed
+    return tensor_seed(seed, layer, noise_mode)  # a quantized layer's codes draw as a float tensor's noise
 
 
 def stochastic_round(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from es_repro.engines.base import Backend
-from es_repro.run.files import file_sha256, temp_path, write_text_atomic
+from es_repro.run.state import RunState
+from es_repro.util.files import file_sha256, temp_path, write_text_atomic
 
 CKPT_DIR, LATEST, CHECKSUMS = "checkpoints", "LATEST", "checksums.json"
 
@@ -55,7 +56,7 @@ def _check_finite(ckpt: Path) -> None:
             raise CorruptCheckpoint(f"{file}: tensor {bad!r} holds NaN or inf")
 
 
-def verify_checkpoint(ckpt: Path) -> dict:
+def verify_checkpoint(ckpt: Path) -> RunState:
     """Checksums, finite tensors and a readable state.json; returns the state. Raises CorruptCheckpoint."""
     ckpt = Path(ckpt)
     sums_file = ckpt / CHECKSUMS
@@ -71,24 +72,23 @@ def verify_checkpoint(ckpt: Path) -> dict:
                 raise CorruptCheckpoint(f"{ckpt / name}: checksum mismatch (the file changed after it was saved)")
     _check_finite(ckpt)
     try:
-        state = json.loads((ckpt / "state.json").read_text())
-        int(state["generation"])
+        state = RunState.from_json(json.loads((ckpt / "state.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptCheckpoint(f"{ckpt / 'state.json'}: unreadable ES state ({type(err).__name__}: {err})") from None
     return state
 
 
-def save_checkpoint(run_dir: Path, backend: Backend, state: dict, keep: int = 1) -> Path:
+def save_checkpoint(run_dir: Path, backend: Backend, state: RunState, keep: int = 1) -> Path:
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    name = f"gen-{state['generation']:06d}"
+    name = f"gen-{state.generation:06d}"
     final = root / name
     tmp = temp_path(final)
     for stale in root.glob(".gen-*.tmp-*"):  # left by a writer killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     backend.export(tmp)
     backend.save_state(tmp)
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=2))
     try:
         _check_finite(tmp)
     except CorruptCheckpoint as err:
@@ -123,8 +123,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def load_checkpoint(path: Path, backend: Backend) -> dict:
-    """Verify a checkpoint, load its state into ``backend``; returns its ES state (generation, samples, ...)."""
+def load_checkpoint(path: Path, backend: Backend) -> RunState:
+    """Verify a checkpoint, load its state into ``backend``; returns where the run stood."""
     state = verify_checkpoint(path)
     backend.load_state(path)
     return state

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from es_repro.run.errors import RunStateError
+from es_repro.util.errors import RunStateError
 
 LOCK_FILE = ".lock"
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from es_repro.run.files import write_json_atomic, write_text_atomic
+from es_repro.util.files import write_json_atomic, write_text_atomic
 
 RUN_FILE, METRICS_FILE, SAMPLES_FILE = "run.json", "metrics.jsonl", "samples.jsonl"
 

@@ -7,7 +7,10 @@ does not cover every generation up to its newest line (a gap would be silently t
 
 Rebuild a run's weights from the base model and its log:
 
-    python -m es_repro.run.replay RUN_DIR --out DIR [--generations G]      (or es-repro-replay)
+    python -m es_repro.run.replay RUN_DIR --out DIR [--generations G] [--allow-noise-change]   (or es-repro-replay)
+
+Replay draws the noise fingerprint on its own device first and refuses, as a resume does, when it differs from the
+one in run.json (another GPU model draws other noise from the same seeds, so it would write other weights).
 """
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ from pathlib import Path
 
 from es_repro.config.load import config_from_run_dir
 from es_repro.engines.base import Backend, build_backend
-from es_repro.run import distributed
+from es_repro.es import fingerprint
 from es_repro.run.checkpoint import CorruptCheckpoint, checkpoints_newest_first, load_checkpoint
-from es_repro.run.errors import RunStateError
 from es_repro.run.log import RunLog
+from es_repro.run.state import RunState
 from es_repro.tasks import task_from_config
+from es_repro.util import distributed
+from es_repro.util.errors import RunStateError, UserError
 
 
 def seed_coeffs(record: dict) -> list[tuple[int, float]]:
@@ -55,10 +60,10 @@ def check_log_covers(train: list[dict], checkpoint_generation: int, run_dir: Pat
             f"the run directory to start over")
 
 
-def resume(run_dir: Path, backend: Backend, log: RunLog) -> dict:
-    """Newest good checkpoint + replay of the generations logged after it. Returns {generation, samples}.
-    Every process reads the same files; rank 0 alone trims the log, once all have read it."""
-    state, used = {"generation": 0, "samples": 0}, None
+def resume(run_dir: Path, backend: Backend, log: RunLog) -> RunState:
+    """Newest good checkpoint + replay of the generations logged after it. Every process reads the same files;
+    rank 0 alone trims the log, once all have read it."""
+    state, used = RunState(), None
     for ckpt in checkpoints_newest_first(run_dir):
         try:
             state, used = load_checkpoint(ckpt, backend), ckpt
@@ -67,17 +72,17 @@ def resume(run_dir: Path, backend: Backend, log: RunLog) -> dict:
             if distributed.is_main():
                 print(f"[es-repro] checkpoint unusable, falling back to an older one or to the base weights + log: {err}")
     train = log.records("train")
-    check_log_covers(train, state["generation"], run_dir)
-    start = state["generation"]
+    check_log_covers(train, state.generation, run_dir)
+    start = state.generation
     done = replay(backend, train, start=start)
     if done > start:
-        state = {"generation": done, "samples": next(r["samples"] for r in train if r["generation"] == done)}
+        state = RunState.from_json(next(r for r in train if r["generation"] == done))
     if distributed.is_main() and (used is not None or done > 0):
         where = f"checkpoint {used.name}" if used is not None else "the base weights"
         print(f"[es-repro] resuming {run_dir} at generation {done}: {where}, {done - start} generations replayed from the log")
     distributed.barrier()
     if distributed.is_main():
-        log.truncate_after(state["generation"])
+        log.truncate_after(state.generation)
     return state
 
 
@@ -86,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="directory for the rebuilt HF checkpoint")
     ap.add_argument("--generations", type=int, default=None, help="replay only the first G generations")
+    ap.add_argument("--allow-noise-change", action="store_true",
+                    help="replay even where the same seeds draw other noise than the run's (another device model)")
     args = ap.parse_args(argv)
-    cfg = config_from_run_dir(args.run_dir)
+    try:
+        cfg = config_from_run_dir(args.run_dir)
+        fingerprint.check_resume(RunLog(args.run_dir).info().get("noise"), fingerprint.this_process(cfg),
+                                 args.allow_noise_change, action="replay", allow_with="--allow-noise-change")
+    except UserError as err:
+        print(f"{err.kind} error: {err}", file=sys.stderr)
+        return 2
     records = [r for r in RunLog(args.run_dir).records("train") if args.generations is None or r["generation"] <= args.generations]
     task = task_from_config(cfg.task)
     backend = build_backend(cfg, task)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from es_repro.run.errors import ConfigError, DataError
 from es_repro.tasks.arc_program import build_arc_program_task
 from es_repro.tasks.base import Row, Task, columns, score
 from es_repro.tasks.conciseness import build_conciseness_task
@@ -16,6 +15,7 @@ from es_repro.tasks.esma import build_esma_task
 from es_repro.tasks.math_task import build_math_task
 from es_repro.tasks.reasoning_gym import build_rg_task  # imports reasoning_gym only when a task is built
 from es_repro.tasks.synthetic import build_synthetic_task
+from es_repro.util.errors import ConfigError, DataError
 
 TASKS: dict[str, Callable[..., Task]] = {
     "countdown": build_countdown_task,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from es_repro.run.errors import DataError
+from es_repro.util.errors import DataError
 
 MAX_DATA_BYTES = 256 * 2**20  # a task data file larger than this is refused before it is read
 

@@ -12,10 +12,10 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from es_repro.run.errors import DataError
 from es_repro.tasks.answer_extract import last_block
 from es_repro.tasks.base import Row, Task, data_file, parse_json
 from es_repro.tasks.countdown_check import MAX_DIGITS, check_answer
+from es_repro.util.errors import DataError
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. You first think about the reasoning process in the mind and then provide "

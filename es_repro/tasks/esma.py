@@ -34,10 +34,10 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
-from es_repro.run.errors import DataError
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
 from es_repro.tasks.base import Row, Task, data_file, parse_json
 from es_repro.tasks.reasoning_gym import SANDBOXED, Scorer, chatml, check_references, draw_entries, make_dataset
+from es_repro.util.errors import DataError
 
 REWARD_MODES = ("joint", "correctness", "alignment")
 SOURCES = ("rg", "jsonl")

@@ -7,7 +7,7 @@ are tokenized, by the backend's own tokenizer.
 """
 from __future__ import annotations
 
-from es_repro.run.errors import DataError
+from es_repro.util.errors import DataError
 
 CHARS_PER_TOKEN_BOUND = 64
 

@@ -10,8 +10,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from es_repro.run.errors import ConfigError
 from es_repro.sandbox import JobResult, SandboxLimits, SandboxPool, SandboxRefused, sandbox_limits
+from es_repro.util.errors import ConfigError
 
 _POOLS: dict[str, SandboxPool] = {}
 

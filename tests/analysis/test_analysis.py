@@ -92,7 +92,7 @@ def test_loader_errors_name_the_file_and_field(tmp_path):
 
 @pytest.mark.slow
 def test_loader_reads_a_real_es_run(tmp_path):
-    from es_repro.es.loop import run_es
+    from es_repro.train import run_es
     from tests.helpers import make_cfg
 
     cfg = make_cfg(["es.generations=2", "eval.every=1", "eval.kl_prompts=1", "es.population=2",

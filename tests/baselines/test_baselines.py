@@ -78,22 +78,33 @@ def test_bad_baseline_config_names_the_field(overrides, message):
 
 
 def test_rl_grid_presets_compose_the_papers_grid():
-    """`python -m es_repro -m experiment=rl_grid_*` sweeps these; every point must compose and validate."""
+    """`python -m es_repro -m experiment=rl_grid_*` sweeps these; every point (12 + 44, ~10 s in all) must compose,
+    validate (load_config: TRL's own checks too) and carry its own values, and together they are the paper's grid."""
     import itertools
 
     from es_repro.config import compose, load_config
 
-    expected = {"rl_grid_countdown": 12, "rl_grid_conciseness": 44}
-    for exp, n_runs in expected.items():
+    grids = {}
+    for exp in ("rl_grid_countdown", "rl_grid_conciseness"):
         params = dict(compose([f"experiment={exp}"], return_hydra_config=True).hydra.sweeper.params)
-        grid = list(itertools.product(*[str(v).split(",") for v in params.values()]))
-        assert len(grid) == n_runs
-        points = [load_config(compose([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(params, point))]))
-                  for point in (grid[0], grid[-1])]
-        for cfg in points:
-            assert cfg.baseline.method in ("grpo", "ppo") and cfg.baseline.trl["learning_rate"] in (1e-6, 1e-5, 5e-6)
-    assert {(c.baseline.kl_coef, c.seed) for c in points} == {(0.0, 0), (1.0, 3)}
-    assert points[0].baseline.trl["num_generations"] == 30 and points[0].task.name == "conciseness"
+        points = list(itertools.product(*[str(v).split(",") for v in params.values()]))
+        grids[exp] = [load_config(compose([f"experiment={exp}", *(f"{k}={v}" for k, v in zip(params, point))]))
+                      for point in points]
+    countdown, conciseness = grids["rl_grid_countdown"], grids["rl_grid_conciseness"]
+    # Table 1: PPO, GRPO (group 30), GRPO (group 8) x KL {1e-3, 5e-3} x learning rate {1e-6, 1e-5}
+    assert len(countdown) == 12
+    assert sorted((c.baseline.method, c.baseline.trl.get("num_generations", 0), c.baseline.kl_coef,
+                   c.baseline.trl["learning_rate"]) for c in countdown) == sorted(
+        (method, group, kl, lr) for method, group in (("grpo", 30), ("grpo", 8), ("ppo", 0))
+        for kl in (0.001, 0.005) for lr in (1e-6, 1e-5))
+    assert all((c.task.name, c.task.max_new_tokens, c.es.population, c.es.generations) == ("countdown", 1024, 30, 500)
+               for c in countdown)
+    # Table 2: GRPO group 30, lr 5e-6, beta in {0} and 10 log-spaced values 0.01 ... 1.0, 4 seeds each
+    betas = (0.0, 0.01, 0.0167, 0.0278, 0.0464, 0.0774, 0.1291, 0.2154, 0.3594, 0.5994, 1.0)
+    assert len(conciseness) == 44
+    assert sorted((c.baseline.kl_coef, c.seed) for c in conciseness) == [(b, s) for b in betas for s in range(4)]
+    assert all((c.baseline.method, c.baseline.trl["num_generations"], c.baseline.trl["learning_rate"], c.task.name)
+               == ("grpo", 30, 5e-6, "conciseness") for c in conciseness)
 
 
 # ------------------------------------------------------------------------------------------------ reward

@@ -10,8 +10,8 @@ from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
 from es_repro.models.tiny import build_tiny_model
-from es_repro.run.timing import Timer
 from es_repro.tasks import build_task
+from es_repro.util.timing import Timer
 
 
 def run_loop(paper: bool, generations: int = 3):

@@ -2,6 +2,8 @@
 member phases while still applying (and timing) the full N-member update."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -22,16 +24,62 @@ def _setup(overrides=()):
     return cfg, task, HFBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), ESWeights(model, cfg.es.noise))
 
 
-@pytest.mark.parametrize("timed", [0, 2])
-def test_bench_numbers_follow_their_definitions(timed):
-    cfg, task, backend = _setup()
-    r = bench.bench_generation(cfg, backend, task, timed_members=timed)
-    phases = ["generate_s", "perturb_s", "restore_s", "reward_s", "update_s"]
-    assert r["total_s"] == pytest.approx(sum(r[p] for p in phases))
-    assert r["overhead"] == pytest.approx(1 - r["generate_s"] / r["total_s"])
-    assert r["tok_per_s"] == pytest.approx(r["tokens"] / r["total_s"])
-    assert r["timed_members"] == (timed or cfg.es.population)
-    assert 0 < r["tokens"] <= cfg.es.population * len(task.train_rows) * cfg.task.max_new_tokens
+class KnownCostBackend:
+    """Every member costs the same known seconds per phase on a fake clock (the Timer's), generates 7 tokens in
+    one generate call of (batch 3, width 4, 5 steps) and scores 0.1 x its position; the update takes 3 s."""
+
+    COSTS = {"perturb": 0.25, "generate": 2.0, "restore": 0.125, "reward": 0.5}
+
+    def __init__(self, clock):
+        from es_repro.models.tiny import build_tiny_model
+
+        self.clock, self.model = clock, build_tiny_model(seed=0)[0]  # the model only gives the limit its shape
+        self.calls, self.generated_tokens, self.updates = [], 0, []
+
+    def fitness(self, members, sigma, rows, task, timer):
+        for _ in members:
+            for phase, seconds in self.COSTS.items():
+                with timer(phase):
+                    self.clock.now += seconds
+            self.calls.append((3, 4, 5))
+            self.generated_tokens += 7
+        return [0.1 * (k + 1) for k in range(len(members))]
+
+    def apply_update(self, update):
+        self.clock.now += 3.0
+        self.updates.append(update)
+
+
+@pytest.mark.parametrize("timed", [0, 1, 2, 4])
+def test_timed_members_extrapolate_known_costs_to_all_n_members(timed, monkeypatch):
+    """With N=6 members that each cost the same, K timed members scaled by N/K give the numbers of all 6, worked
+    out by hand from the definitions: 6 x (0.25 + 2 + 0.125 + 0.5) s of member phases, the 3 s update once, 6 x 7
+    tokens, 6 x 5 decode steps; the rewards are the K timed members' and the update still covers all 6 seeds."""
+    from types import SimpleNamespace
+
+    from es_repro.bench.roofline import generation_limit_s, shape_of
+
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(sys.modules[bench.Timer.__module__], "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    cfg = make_cfg(["task.train_size=3"])
+    task = task_from_config(cfg.task, eval_size=1)
+    backend = KnownCostBackend(clock)
+    assert cfg.es.population == 6
+    r = bench.bench_generation(cfg, backend, task, timed_members=timed, limits=(1e9, 1e11))
+    expected = {"generate_s": 12.0, "perturb_s": 1.5, "restore_s": 0.75, "reward_s": 3.0, "update_s": 3.0,
+                "total_s": 20.25, "tokens": 42, "tok_per_s": 42 / 20.25, "gen_tok_per_s": 42 / 12.0,
+                "overhead": 1 - 12.0 / 20.25, "ms_per_step": 1000 * 12.0 / 30}
+    for key, value in expected.items():
+        assert r[key] == pytest.approx(value, rel=1e-12), key
+    k = timed or 6
+    assert r["timed_members"] == k and len(backend.calls) == k
+    assert r["reward_mean"] == pytest.approx(0.1 * (k + 1) / 2)
+    limit = 6 * generation_limit_s(shape_of(backend.model), batch=3, width=4, steps=5, bytes_per_value=4,
+                                   bandwidth=1e9, peak_flops=1e11)
+    assert r["limit_s"] == pytest.approx(limit) and r["of_limit"] == pytest.approx(limit / 12.0)
+    members = es.ask(cfg.seed, 0, 6, cfg.es.antithetic)
+    (update,) = backend.updates
+    assert {seed for seed, _ in update} == {m.seed for m in members}
 
 
 def test_timed_members_still_apply_the_full_update():
@@ -138,12 +186,25 @@ def test_bench_limit_column_and_forced_tokens():
     assert r["ms_per_step"] == pytest.approx(1000 * r["generate_s"] / sum(t for _, _, t in calls))
 
 
-def test_bench_cli_cuts_prompts_and_prints_the_limit_column(capsys):
+def test_bench_cli_cuts_prompts_and_prints_the_limit_column(capsys, monkeypatch):
+    """--prompts 2 --prompt-tokens 5: every generate call the benchmark makes (the warm-up, then one per member)
+    sees 2 prompts (1 in the warm-up) of exactly 5 tokens, and the row counts 2 members x 2 prompts x 3 tokens."""
+    backends, real_setup = [], bench.setup
+
+    def kept_setup(*args, **kwargs):
+        backends.append(real_setup(*args, **kwargs))
+        return backends[-1]
+
+    monkeypatch.setattr(bench, "setup", kept_setup)
     bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "2", "--prompts", "2",
                 "--max-new-tokens", "3", "--prompt-tokens", "5", "--force-tokens", "--modes", "default@float32",
                 "--mem-bandwidth-gbs", "10", "--peak-tflops", "1"])
     out = capsys.readouterr().out
     assert "| default | float32 |" in out and "limits: 10 GB/s, 1 TFLOP/s" in out and "of_limit" in out
+    (backend,) = backends
+    assert backend.generator.calls == [(1, 5, 2), (2, 5, 3), (2, 5, 3)]  # (prompts, prompt tokens, new tokens)
+    header, row = (line.split(" | ") for line in out.splitlines() if line.startswith(("| mode |", "| default |")))
+    assert row[header.index("tokens")] == "12"
 
 
 def test_the_compiled_mode_is_the_default_path_with_a_static_cache_and_compiled_decode():

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from es_repro.config import ConfigError
-from es_repro.es.loop import run_es
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
 from es_repro.run.replay import main as replay_main
+from es_repro.train import run_es
 from tests.fakes import fake_backend
 from tests.helpers import make_cfg
 
@@ -32,7 +32,8 @@ def test_a_second_backend_runs_resumes_and_replays(tmp_path, rule, monkeypatch):
     assert [r["generation"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert train[-1]["reward_mean"] > train[0]["reward_mean"]  # it learns: theta shrinks toward 0
     assert full["eval_reward"] > log.records("eval")[0]["eval_reward"]
-    assert all(r["eval_kl"] >= 0 for r in log.records("eval"))
+    kl = [(r["generation"], r["eval_kl"]) for r in log.records("eval")]
+    assert kl[0] == (0, 0.0) and all(k > 0 for _, k in kl[1:])  # the base model, then theta moved away from it
     final = _theta(latest_checkpoint(tmp_path / "full"))
 
     # a crash in generation 4 (after the generation-2 checkpoint and generation 3's log line), then a relaunch
@@ -61,9 +62,9 @@ def test_unknown_backend_names_the_choices(value, message):
         make_cfg([f"generation.backend={value}"])
 
 
-def test_unimportable_backend_factory_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="cannot import no_such_module:build"):
-        run_es(make_cfg(["generation.backend=no_such_module:build"]), tmp_path)
+def test_unimportable_backend_factory_is_a_clear_error_when_the_config_is_checked():
+    with pytest.raises(ConfigError, match="generation.backend='no_such_module:build': cannot import no_such_module:build"):
+        make_cfg(["generation.backend=no_such_module:build"])
 
 
 def test_an_engine_path_from_before_the_move_still_loads_with_a_warning():
@@ -111,3 +112,52 @@ def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule
         assert torch.equal(final[k], replayed[k]), k
     if rule == "momentum":  # its state travels in the checkpoint
         assert (latest_checkpoint(tmp_path / "full") / "update_rule.safetensors").is_file()
+
+
+# The engine's class-level facts: a new engine states them in its own file, and no caller names it.
+PLAN_FAKE = ["generation.backend=tests.fakes.fake_backend:build", "model=qwen2.5-1.5b-instruct"]
+
+
+def test_the_plan_prints_the_fake_engines_own_memory_rows_and_preflight(capsys, monkeypatch):
+    from es_repro.engines.memory import GIB, model_shape
+    from es_repro.plan import main as plan_main
+
+    monkeypatch.delenv("FAKE_ENGINE_MISSING", raising=False)
+    assert plan_main([*PLAN_FAKE, "--gpu-gib", "80"]) == 0
+    out = capsys.readouterr().out
+    scratch = 3 * model_shape(make_cfg(PLAN_FAKE).model).params  # FakeBackend.memory_terms' definition
+    assert f"| fake engine scratch | {scratch / GIB:.2f} | the fake engine's own term |" in out
+    assert "master (fp32)" not in out and "KV cache" not in out  # the fake keeps no master and states no KV cache
+    assert "preflight on this machine: ok" in out
+
+    monkeypatch.setenv("FAKE_ENGINE_MISSING", "1")
+    assert plan_main([*PLAN_FAKE, "--gpu-gib", "80"]) == 0  # a plan for elsewhere: the preflight is a note
+    assert "preflight on this machine: generation.backend=fake needs the fake engine's library" in capsys.readouterr().out
+    assert plan_main([*PLAN_FAKE, "--gpu-gib", "4"]) == 2
+    assert "levers: fake.scratch, task.max_prompt_tokens" in capsys.readouterr().err  # its own lever, no master lever
+
+
+def test_a_launch_runs_the_engines_preflight_before_anything_loads(tmp_path, monkeypatch):
+    from es_repro.cli import launch
+    from es_repro.config import compose
+
+    monkeypatch.setenv("FAKE_ENGINE_MISSING", "1")
+    with pytest.raises(ConfigError, match="needs the fake engine's library"):
+        launch(compose(FAKE + ["model=tiny-random", "task=synthetic"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_factory_that_states_nothing_gets_the_seams_defaults():
+    from es_repro.engines.base import Backend, engine_class
+
+    assert engine_class("tests.fakes.fake_backend:FakeBackend") is fake_backend.FakeBackend  # a class is its own engine
+    assert engine_class("tests.fakes.fake_backend:score") is Backend  # an unmarked function: Backend's facts
+    assert Backend.devices_per_process(make_cfg(FAKE)) == 1
+
+
+@pytest.mark.parametrize("overrides, engine", [([], "hf"), (["es.update=qes"], "qes"), (["generation.backend=vllm"], "vllm"),
+                                               (["generation.backend=qes", "es.update=qes"], "qes")])
+def test_one_function_names_the_engine_a_run_uses(overrides, engine):
+    from es_repro.engines.base import engine_name
+
+    assert engine_name(make_cfg(overrides)) == engine

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from es_repro.engines.lowrank import LowRankESWeights, lowrank_factors
-from es_repro.es.loop import run_es
 from es_repro.es.strategy import Member, ask, merge_by_seed, tell
 from es_repro.models.tiny import build_tiny_model
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
 from es_repro.run.replay import main as replay_main
+from es_repro.train import run_es
 from tests.helpers import make_cfg
 
 

@@ -10,7 +10,7 @@ from es_repro.engines import memory
 from es_repro.engines.memory import GIB, model_shape, plan_memory, resolve_master_device
 from es_repro.models.shapes import SHAPES
 from es_repro.plan import main as plan_main
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 MODELS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b"]
 
@@ -148,7 +148,7 @@ def test_a_cuda_launch_plans_with_the_cards_size_before_anything_loads(monkeypat
     from types import SimpleNamespace
 
     from es_repro import cli
-    from es_repro.run import distributed
+    from es_repro.util import distributed
 
     card = SimpleNamespace(total_memory=40 * GIB)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -12,9 +12,9 @@ from es_repro.engines.hf.packed import (PackedLinear, install_packed_linears, pa
                                         use_packed_weights)
 from es_repro.es.strategy import ask
 from es_repro.models.tiny import build_tiny_model
-from es_repro.run.errors import ConfigError
-from es_repro.run.timing import Timer
 from es_repro.tasks import task_from_config
+from es_repro.util.errors import ConfigError
+from es_repro.util.timing import Timer
 from tests.helpers import make_cfg
 
 needs_packing = pytest.mark.skipif(not packing_available(), reason="oneDNN has no bf16 kernels on this CPU")
@@ -39,7 +39,8 @@ def test_packed_linear_has_f_linear_bits_for_every_row_count(shape):
 
 @needs_packing
 def test_the_pack_follows_in_place_weight_changes_and_gradients_fall_through():
-    layer = nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    """In grad mode the layer is plain F.linear: its output and its gradients (input, weight, bias) are F.linear's."""
+    layer = nn.Linear(64, 32).to(torch.bfloat16)
     packed = PackedLinear(layer)
     x = torch.randn(2, 64).to(torch.bfloat16)
     with torch.no_grad():
@@ -47,10 +48,18 @@ def test_the_pack_follows_in_place_weight_changes_and_gradients_fall_through():
         layer.weight.add_(0.5)  # what perturb/restore/update do
         after = packed(x)
     assert not torch.equal(before, after)
-    assert torch.equal(after, F.linear(x, layer.weight))
+    assert torch.equal(after, F.linear(x, layer.weight, layer.bias))
+    upstream = torch.randn(2, 32).to(torch.bfloat16)
+    xr, wr, br = (t.detach().clone().requires_grad_(True) for t in (x, layer.weight, layer.bias))
+    ref = F.linear(xr, wr, br)
+    ref.backward(upstream)
     layer.weight.requires_grad_(True)
-    packed(x).float().sum().backward()  # grad mode: plain F.linear, so gradients exist
-    assert layer.weight.grad is not None
+    x.requires_grad_(True)
+    out = packed(x)
+    out.backward(upstream)
+    assert torch.equal(out, ref)
+    assert torch.equal(x.grad, xr.grad) and torch.equal(layer.weight.grad, wr.grad)
+    assert torch.equal(layer.bias.grad, br.grad)
 
 
 def greedy_and_rewards(cfg, packed: bool):

@@ -12,11 +12,11 @@ import torch.multiprocessing as mp
 
 from es_repro.config import compose
 from es_repro.es import fingerprint
-from es_repro.es.loop import run_es
 from es_repro.es.noise import tensor_noise
-from es_repro.run import distributed
-from es_repro.run.errors import RunStateError
 from es_repro.run.log import RunLog
+from es_repro.train import run_es
+from es_repro.util import distributed
+from es_repro.util.errors import RunStateError
 from tests.helpers import make_cfg
 
 
@@ -94,3 +94,27 @@ def test_run_json_records_the_fingerprint_and_a_resume_with_other_noise_is_refus
 def test_the_override_does_not_move_the_run_directory():
     naming = compose(["es.allow_noise_change=true"], return_hydra_config=True).hydra.job.config.override_dirname
     assert "es.allow_noise_change" in naming.exclude_keys
+
+
+def test_replay_refuses_other_noise_in_one_line_naming_both_devices_unless_allowed(tmp_path, capsys):
+    """python -m es_repro.run.replay draws the fingerprint on its device first, as a resume does: a run trained on
+    another device model is refused (exit 2, one line), and --allow-noise-change lets it through."""
+    from es_repro.run.replay import main as replay_main
+
+    run, here = tmp_path / "run", fingerprint.noise_fingerprint(torch.device("cpu"), torch.float32, "iid", "param")
+    run_es(make_cfg(["es.generations=2", "eval.kl_samples=0"]), run)
+    assert replay_main([str(run), "--out", str(tmp_path / "same")]) == 0  # same device: replays
+    info = json.loads((run / "run.json").read_text())
+    info["noise"].update(fingerprint="feedfacefeedface", name="NVIDIA A100-SXM4-80GB", sm_count=108)
+    (run / "run.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert replay_main([str(run), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("run error: this run was trained with noise fingerprint "
+                                                         "feedfacefeedface on NVIDIA A100-SXM4-80GB (SMs 108")
+    assert f"draw {here} on {fingerprint.device_facts(torch.device('cpu'))['name']}" in err  # this device
+    assert err.endswith("Replay on the original GPU model, or accept the change with --allow-noise-change")
+    assert not (tmp_path / "refused").exists()  # nothing written
+    assert replay_main([str(run), "--out", str(tmp_path / "allowed"), "--allow-noise-change"]) == 0
+    assert (tmp_path / "allowed" / "model.safetensors").is_file()
+    assert "replaying with different noise (NVIDIA A100-SXM4-80GB ->" in capsys.readouterr().out

@@ -142,8 +142,8 @@ def test_released_seed_stream_equals_numpys_global_stream():
 
 
 def test_a_run_with_es_released_logs_the_releases_seeds(tmp_path):
-    from es_repro.es.loop import run_es
     from es_repro.run.log import RunLog
+    from es_repro.train import run_es
     from tests.helpers import make_cfg
 
     expected = release_seeds(33, 6, 2)

@@ -6,18 +6,24 @@ Its "weights" are one fp32 vector theta (8 values), perturbed with the project's
 configured update rule. The completion for row j is a canned string: three copies of the letter
 chr(ord("a") + round(20 * theta[j % 8])), clipped to printable letters, so the synthetic task's reward (closeness
 to "a") grows as theta shrinks toward 0. Log-probabilities come from a categorical softmax(theta) over 8 symbols.
+
+Its class-level facts are its own, as any engine's: its preflight refuses while FAKE_ENGINE_MISSING is set (a
+stand-in for a library missing on this machine), and its memory plan has one row of its own ("fake engine
+scratch", 3 bytes a parameter), which python -m es_repro.plan prints.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from es_repro.engines.base import Backend
+from es_repro.engines.base import Backend, EngineMemory, builds
 from es_repro.es.noise import tensor_noise
 from es_repro.es.update_rules import build_update_rule
 from es_repro.tasks.base import score
+from es_repro.util.errors import ConfigError
 
 THETA0 = torch.tensor([0.5, -0.3, 0.25, 0.4, -0.45, 0.1, -0.2, 0.35])
 
@@ -25,6 +31,20 @@ THETA0 = torch.tensor([0.5, -0.3, 0.25, 0.4, -0.45, 0.1, -0.2, 0.35])
 class FakeBackend(Backend):
     name = "fake"
     fail_after_fitness_calls: int | None = None  # tests set this to simulate a crash mid-run
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        if os.environ.get("FAKE_ENGINE_MISSING"):
+            raise ConfigError("generation.backend=fake needs the fake engine's library; unset FAKE_ENGINE_MISSING")
+
+    @classmethod
+    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int) -> EngineMemory:
+        return EngineMemory(weights=[("fake engine scratch", 3 * shape.params, "the fake engine's own term")],
+                            master=False)
+
+    @classmethod
+    def memory_levers(cls, cfg) -> list[str]:
+        return ["fake.scratch"]
 
     def __init__(self, cfg, task):
         super().__init__()
@@ -97,5 +117,6 @@ class FakeBackend(Backend):
         save_file({"theta": self.theta.contiguous()}, Path(path) / "fake_weights.safetensors")
 
 
+@builds(FakeBackend)
 def build(cfg, task) -> FakeBackend:
     return FakeBackend(cfg, task)

@@ -6,7 +6,7 @@
   what the engine holds can be compared with the HF backend's parameters directly (``get_model()`` also lists the
   model's parameters and modules, as vLLM's model does);
 - ``collective_rpc`` calls the worker method by name and refuses any argument that is not an int, float, string
-  (or a list of them): the boundary the real engine serializes;
+  (or lists and string-keyed dicts of them): the boundary the real engine serializes;
 - ``generate``: HF generate one prompt at a time (greedy or seeded sampling, stop strings, repetition penalty,
   EOS kept), so HFGenerator with generation.batch_size=1 computes the same thing; ``prompt_logprobs=0`` adds each
   prompt token's log-probability from one HF forward of the prompt, as HF's token_logprobs computes it;
@@ -86,6 +86,8 @@ class FakeWorker:
 def _primitive(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_primitive(v) for v in value)
+    if isinstance(value, dict):  # msgpack maps: string keys, primitive values
+        return all(isinstance(k, str) and _primitive(v) for k, v in value.items())
     return isinstance(value, (int, float, str))
 
 

@@ -238,6 +238,9 @@ def test_probe_resumes_scoring_only_missing_candidates(tmp_path, monkeypatch):
 
 
 def test_probe_on_tiny_random_end_to_end(tmp_path):
+    """At sigma=0.05 the candidates really are perturbed models: completions move away from the base model's and
+    differ between candidates (each its own noise direction), more than at sigma=0.001; "changed" is the share
+    of (candidate, prompt) completions whose hash differs from the base's."""
     cfg = probe_cfg(["model=tiny-random", "task=synthetic", "task.train_size=4", "probe.prompts=4",
                      "probe.sigmas=[0.001,0.05]", "probe.candidates=4", "probe.batches=2", "probe.n_values=[2,4]",
                      "probe.n_ref=4", "probe.subsets=200", "progress=false"])
@@ -248,7 +251,10 @@ def test_probe_on_tiny_random_end_to_end(tmp_path):
         assert data["binary"].shape == data["shaped"].shape == data["hashes"].shape == (4, 4)
         assert not np.isnan(data["shaped"]).any() and (data["seconds"] > 0).all()
     assert 0 <= summary["r0"] <= 1 and summary["recommendation"]
-    assert summary["sigmas"][0.05]["changed"] >= summary["sigmas"][0.001]["changed"]
+    for sigma, data in results.items():
+        assert summary["sigmas"][sigma]["changed"] == pytest.approx(float((data["hashes"] != base["hashes"]).mean()))
+    assert summary["sigmas"][0.05]["changed"] > summary["sigmas"][0.001]["changed"]
+    assert len({tuple(h) for h in results[0.05]["hashes"]}) > 1  # not one shared perturbation
     assert (tmp_path / "report_binary.md").is_file() and (tmp_path / "best_of_n_binary.png").is_file()
 
 
@@ -259,7 +265,7 @@ def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_
 
     from es_repro.engines.base import build_backend
     from es_repro.es.strategy import Member
-    from es_repro.run.timing import Timer
+    from es_repro.util.timing import Timer
     from es_repro.tasks import build_task
 
     cfg = probe_cfg(["model=tiny-random", "task=synthetic", *mode])

@@ -9,11 +9,11 @@ import pytest
 from safetensors.torch import load_file
 
 from es_repro.config import ConfigError
-from es_repro.es.loop import run_es
 from es_repro.qes import backend as qes_backend
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
 from es_repro.run.replay import main as replay_main
+from es_repro.train import run_es
 from tests.helpers import make_cfg
 
 QES = ["es.update=qes", "es.sigma=0.5", "es.alpha=0.2", "es.generations=5", "checkpoint_every=2", "eval.kl_samples=0"]
@@ -95,5 +95,6 @@ def test_qes_config_errors_name_the_field(override, message):
 
 
 def test_qes_backend_needs_es_update_qes():
-    with pytest.raises(ConfigError, match="generation.backend=qes needs es.update=qes"):
+    with pytest.raises(ConfigError, match="es.update=sgd does not run on generation.backend=qes; that engine runs "
+                                          "es.update: qes"):
         make_cfg(["generation.backend=qes"])

@@ -13,7 +13,7 @@ import pytest
 import torch.multiprocessing as mp
 
 # Only light imports at module level: the spawned gloo workers below re-import this module.
-from es_repro.run import distributed
+from es_repro.util import distributed
 from es_repro.run.log import RunLog
 from tests.helpers import TINY, assert_same_final_weights
 
@@ -38,9 +38,17 @@ def _run_dir(out_root: Path) -> Path:
 
 
 @pytest.mark.parametrize("world,n", [(1, 5), (2, 7), (3, 7), (4, 4), (4, 2), (3, 30)])
-def test_shard_then_unshard_restores_member_order(world, n):
+def test_shard_then_unshard_restores_member_order(world, n, monkeypatch):
+    """distributed.shard as each rank r of ``world`` calls it (its rank and world size patched in): the shares
+    cover every item once, are as equal as they can be, and unshard puts them back in member order."""
     items = [f"m{i}" for i in range(n)]
-    shares = [items[r::world] for r in range(world)]  # what distributed.shard gives rank r
+    shares = []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        shares.append(distributed.shard(items))
+    assert sorted(x for s in shares for x in s) == sorted(items)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
     assert distributed.unshard(shares, n) == items
     with pytest.raises(ValueError, match="gathered"):
         distributed.unshard([s[:-1] if s else s for s in shares], n)

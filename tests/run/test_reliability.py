@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 from es_repro.config import ConfigError
 from es_repro.config.run_dirs import run_name
-from es_repro.es.loop import run_es
 from es_repro.run.checkpoint import latest_checkpoint
-from es_repro.run.errors import DataError, RunStateError
 from es_repro.run.log import RunLog
+from es_repro.run.state import RunState
+from es_repro.train import run_es
+from es_repro.util.errors import DataError, RunStateError
 from tests.helpers import TINY, make_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +163,7 @@ def test_a_nonfinite_checkpoint_is_never_written(tmp_path):
     run_es(make_cfg(SHORT), tmp_path)
     good = latest_checkpoint(tmp_path)
     with pytest.raises(RuntimeError, match="refusing to write checkpoint gen-000009.*NaN or inf"):
-        checkpoint.save_checkpoint(tmp_path, _ExportFrom(good), {"generation": 9, "samples": 0}, keep=1)
+        checkpoint.save_checkpoint(tmp_path, _ExportFrom(good), RunState(generation=9), keep=1)
     assert latest_checkpoint(tmp_path) == good and good.is_dir()
     assert not (tmp_path / "checkpoints" / "gen-000009").exists()
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from es_repro.es.loop import run_es
+from es_repro.train import run_es
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
 from es_repro.run.replay import main as replay_main
@@ -126,10 +126,65 @@ def test_local_multirun_gives_one_finished_run_per_config(tmp_path):
     assert all(RunLog(tmp_path / "default" / r).is_finished() for r in runs)
 
 
+def wandb_records(path: Path) -> list:
+    """The protobuf Records of an offline .wandb file. Its format (wandb's LevelDB-style log, as its old
+    datastore.py read it): a 7-byte header (":W&B", magic 0xBEE1, version 0), then 32 KiB blocks of chunks, each
+    a 7-byte header (CRC-32 of type byte + data, length, type: 1 full, 2 first, 3 middle, 4 last) and its data; a
+    block tail under 7 bytes is padding."""
+    import struct
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+    block, pos, parts, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:  # zero padding
+            continue
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad checksum at byte {pos}"
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            records.append(record)
+    return records
+
+
+def wandb_items(items) -> dict:
+    """A history row or summary update as {key: value} (values are JSON; nested keys joined with '/')."""
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
 @pytest.mark.slow
 def test_wandb_offline_mirror(tmp_path, monkeypatch):
+    """The offline wandb run holds what metrics.jsonl holds: one history row per generation with its logged
+    rewards (the eval line's numbers joined to the step it was logged at) and the run's final summary."""
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run_es(make_cfg(["logger=wandb_offline", "es.generations=2", "eval.kl_samples=0"]), tmp_path)
+    summary = run_es(make_cfg(["logger=wandb_offline", "es.generations=2", "eval.kl_samples=0"]), tmp_path)
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(offline) == 1 and offline[0].stat().st_size > 0
-    assert len(RunLog(tmp_path).records("train")) == 2  # the JSONL log stays the source of truth
+    assert len(offline) == 1
+    log = RunLog(tmp_path)
+    train, (final_eval,) = log.records("train"), log.records("eval")
+    assert len(train) == 2  # the JSONL log stays the source of truth
+    records = wandb_records(offline[0])
+    history = [wandb_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
+    assert [h["_step"] for h in history] == [1, 2]
+    for h, t in zip(history, train):
+        assert (h["generation"], h["samples"], h["tokens"]) == (t["generation"], t["samples"], t["tokens"])
+        for key in ("reward_mean", "reward_std", "reward_min", "reward_max", "time_generate"):
+            assert h[key] == pytest.approx(t[key], rel=1e-12), key
+    assert history[-1]["eval_reward"] == pytest.approx(final_eval["eval_reward"], rel=1e-12)
+    wandb_summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            wandb_summary.update(wandb_items(r.summary.update))
+    assert wandb_summary["final_train_reward"] == pytest.approx(train[-1]["reward_mean"], rel=1e-12)
+    for key in ("generations", "samples", "eval_reward", "eval_accuracy"):
+        assert wandb_summary[key] == pytest.approx(summary[key], rel=1e-12), key

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from es_repro.run.errors import DataError
 from es_repro.tasks.base import score
 from es_repro.tasks.countdown import (ASSISTANT_PREFIX, PREFILLS, accuracy, answer_reward, build_countdown_task,
                                       format_reward, generate_problems, last_answer, load_problems, make_splits, reward)
 from es_repro.tasks.countdown_check import check_answer, evaluate, parse_numbers
+from es_repro.util.errors import DataError
 
 NUMS, TARGET = [3, 7, 25], 46  # 25 + 3 * 7 = 46
 

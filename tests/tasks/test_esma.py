@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from es_repro.es import strategy as es
-from es_repro.es.loop import run_es
 from es_repro.run.log import RunLog
 from es_repro.tasks import build_task, score
 from es_repro.tasks.answer_extract import matches_alias, short_answer, yes_no
 from es_repro.tasks.esma import dprime_type2, esma_metrics, pair_rows, question_reward
-from tests.helpers import make_cfg
+from es_repro.train import run_es
+from tests.helpers import make_cfg, require_module
 
 QA = [("What is the capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["William Shakespeare", "Shakespeare"]),
       ("What is the largest planet?", ["Jupiter"]), ("Which element has symbol O?", ["Oxygen"]),
@@ -168,14 +168,27 @@ def test_answer_matching():
     assert short_answer("\n\n -4.\nbecause", 256) == "-4" and short_answer("x" * 300, 256) is None
 
 
-def test_hostile_replies_are_handled_quickly(qa_task):
+def test_hostile_replies_get_the_tables_scores_quickly(qa_task):
+    """Huge, empty and tag-flooded (direct, meta) replies to one question are judged by the reward table (text
+    past 200,000 characters is no answer; only the first line or the <answer> block and the first words count),
+    and all of them together in well under two seconds."""
     task = qa_task()
     rows = task.eval_rows[:2]
-    huge = ["Yes" * 400_000, "(" * 1_000_000, "", "<answer>" * 125_000]
+    ans = rows[0]["answers"][0]
+    # (direct reply, meta reply, reward and accuracy of both rows, the meta reply read as yes/no/neither)
+    hostile = [("Yes" * 400_000, "Yes" * 400_000, 0.0, 0.0, None),  # no answer, no verdict
+               ("(" * 1_000_000, "No" + "(" * 1_000_000, 1.0, 0.0, False),  # wrong & no
+               ("", "", 0.0, 0.0, None),
+               ("<answer>" * 125_000, "<answer>" * 125_000, 0.0, 0.0, None),
+               (f"{ans}\n" + "(" * 150_000, "Yes" + " (" * 70_000, 2.0, 1.0, True),  # correct & yes
+               (f"<answer>{ans}</answer>" + "<answer>" * 20_000, "**no**" + "*" * 150_000, 1.0, 1.0, False)]
     start = time.perf_counter()
-    for h in huge:
-        assert len(score(task.reward, [h, h], rows)) == 2
-        task.extra_metrics([h, h], rows)
+    for direct, meta, reward, correct, says in hostile:
+        assert score(task.reward, [direct, meta], rows) == [reward, reward]
+        assert score(task.accuracy, [direct, meta], rows) == [correct, correct]  # both rows carry the question's
+        m = task.extra_metrics([direct, meta], rows)
+        assert m["esma_pairs"] == 1 and m["esma_joint"] == reward and m["esma_accuracy"] == correct
+        assert m["esma_yes_rate"] == float(says is True) and m["esma_meta_invalid"] == float(says is None)
     assert time.perf_counter() - start < 2.0
 
 
@@ -209,7 +222,7 @@ def test_splits_are_seeded_and_disjoint(qa_task):
 
 
 def test_reasoning_gym_questions_by_default():
-    pytest.importorskip("reasoning_gym")
+    require_module("reasoning_gym")
     task = build_task("esma", 3, 2, 0, {})
     rows = task.eval_rows
     assert len(rows) == 4 and rows[0]["rg_entry"]["metadata"]["source_dataset"] == "basic_arithmetic"
@@ -221,7 +234,7 @@ def test_reasoning_gym_questions_by_default():
 
 # ----------------------------------------------------------------------------------------------- ES end to end
 def test_short_es_run_on_tiny_random(tmp_path):
-    pytest.importorskip("reasoning_gym")
+    require_module("reasoning_gym")
     cfg = make_cfg(["task=esma", "task.train_size=2", "task.eval_size=2", "task.max_new_tokens=4", "es.generations=2",
                     "es.population=4", "eval.every=1", "eval.kl_samples=0"])
     run_es(cfg, tmp_path)

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from es_repro.engines.base import Backend, eval_mode
+from es_repro.engines.base import Backend, builds, eval_mode
+from es_repro.engines.hf import memory
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
 from es_repro.engines.lowrank import LowRankESWeights
@@ -25,8 +26,8 @@ from es_repro.engines.weights import ESWeights, unique_parameters
 from es_repro.es.noise import keep_noise_for_update
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import build_update_rule
-from es_repro.run.timing import Timer
 from es_repro.tasks.base import Row, Task
+from es_repro.util.timing import Timer
 
 
 class HFBackend(Backend):
@@ -37,6 +38,14 @@ class HFBackend(Backend):
                  weights: ESWeights | None = None, reference: Callable[[], PreTrainedModel] | None = None):
         super().__init__(reference)
         self.model, self.tokenizer, self.generator, self.weights = model, tokenizer, generator, weights
+
+    @classmethod
+    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int):
+        return memory.memory_terms(cfg, shape, gpu_bytes, sharing)
+
+    @classmethod
+    def memory_levers(cls, cfg) -> list[str]:
+        return memory.memory_levers(cfg)
 
     def describe(self) -> dict:
         """Generation settings that change greedy outputs, for run.json."""
@@ -163,6 +172,7 @@ def make_weights(model, es_cfg) -> ESWeights:
                      keep_for_update=keep)
 
 
+@builds(HFBackend)
 def build(cfg, task: Task) -> HFBackend:
     """The backend of an ES run: the configured model, its ES weights and generator, the base model for KL."""
     from es_repro.models.loading import load_model  # local: models pulls in the model-file machinery

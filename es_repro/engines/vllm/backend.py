@@ -1,7 +1,7 @@
 """generation.backend=vllm: generation in a vLLM engine, ES weights on its workers (es_repro/engines/vllm/worker.py).
 
 One engine (``vllm.LLM``) per process, tensor parallel optional; population sharding across processes stays in
-es_repro/run/distributed.py, so SLURM, resume and replay are unchanged. The driver sends only seeds, scales and paths:
+es_repro/util/distributed.py, so SLURM, resume and replay are unchanged. The driver sends only seeds, scales and paths:
 - fitness: for each member, perturb on the workers (written from the fp32 master, which also undoes the previous
   member), generate greedily, score; one restore at the end. After EVERY weight change the prefix cache is reset
   and the reset checked: vLLM caches KV by token prefix, so without it a member would reuse KV computed under
@@ -21,6 +21,7 @@ es_repro/run/distributed.py, so SLURM, resume and replay are unchanged. The driv
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -30,13 +31,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from es_repro.engines.base import Backend, Pair
+from es_repro.engines.base import Backend, Pair, builds
 from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
-from es_repro.engines.vllm.checks import check_engine_process, require_vllm, version_problem
+from es_repro.engines.vllm import memory
+from es_repro.engines.vllm.checks import check_engine_choice, check_engine_process, require_vllm, version_problem
 from es_repro.es.strategy import Member
-from es_repro.run import distributed
-from es_repro.run.timing import Timer
 from es_repro.tasks.base import Row, Task
+from es_repro.util import distributed
+from es_repro.util.timing import Timer
 
 WORKER_EXTENSION = "es_repro.engines.vllm.worker.ESWorkerExtension"
 # weight_write=auto's probe member: a step of 1.0 changes every tensor in any dtype (never generated with)
@@ -65,6 +67,26 @@ class VLLMBackend(Backend):
         self.calls: list[tuple[int, int, int]] = []  # (requests, longest prompt, longest completion) per generate
         self.write_times: list[float] = []  # seconds of each member's weight write in the last member_completions
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_engine_choice(cfg)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        require_vllm()  # an installed engine is a fact of this machine, not of the config
+
+    @classmethod
+    def devices_per_process(cls, cfg) -> int:
+        return cfg.generation.vllm.tensor_parallel_size  # one engine spans its tensor-parallel group
+
+    @classmethod
+    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int):
+        return memory.memory_terms(cfg, shape, gpu_bytes, sharing)
+
+    @classmethod
+    def memory_levers(cls, cfg) -> list[str]:
+        return memory.memory_levers(cfg)
+
     def describe(self) -> dict:
         return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}
 
@@ -88,8 +110,7 @@ class VLLMBackend(Backend):
 
     def init_master(self, es_cfg, dtype: str) -> str:
         """The master on the workers, written with reload; returns the workers' device type ("cuda", "cpu")."""
-        return self._write("es_init", self.model_dir, dtype, es_cfg.noise, es_cfg.noise_dtype, es_cfg.update,
-                           float(es_cfg.decay), float(es_cfg.momentum), es_cfg.master_device)[0]
+        return self._write("es_init", self.model_dir, dtype, dataclasses.asdict(es_cfg))[0]
 
     # weight writes ------------------------------------------------------------------------------------------
     def direct_write_problem(self) -> str | None:
@@ -372,6 +393,7 @@ def node_local_cache(env: dict) -> dict:
     return {"VLLM_CACHE_ROOT": str(Path(base) / f"vllm-cache-{os.getuid()}")}
 
 
+@builds(VLLMBackend)
 def build(cfg, task: Task) -> VLLMBackend:
     """Engine first (vLLM sizes its memory from what is free at start), then the master on its workers."""
     require_vllm()

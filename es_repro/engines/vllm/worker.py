@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import save_file
 
+from es_repro.config.schema import es_config_from_dict
 from es_repro.engines.master import MODEL_FILE, Master
 from es_repro.engines.weights import cast_to, master_copy
 from es_repro.es.update_rules import build_update_rule
@@ -174,15 +175,16 @@ class ESWorkerExtension:
     """Mixed into vLLM's Worker: ``self.model_runner``, ``self.device`` and ``self.rank`` are the worker's. Names
     start with es_ (vLLM refuses an extension attribute the Worker already has)."""
 
-    def es_init(self, model_dir: str, dtype: str, noise_mode: str, noise_dtype: str, update: str, decay: float,
-                momentum: float, master_device: str = "auto") -> str:
+    def es_init(self, model_dir: str, dtype: str, es_section: dict) -> str:
         """Build the master for this worker (after the engine has taken its memory), writing with reload; returns
-        the worker's device type (the driver's weight_write=auto runs its direct-write self-check on cuda only)."""
+        the worker's device type (the driver's weight_write=auto runs its direct-write self-check on cuda only).
+        ``es_section`` is the run's whole ES config as plain values, so the worker builds its update rule and noise
+        through the same functions as the driver: a new setting reaches it without an edit here."""
+        es = es_config_from_dict(es_section)
         torch_dtype, device = DTYPES[dtype], torch.device(self.device)
-        names, master = hf_master(model_dir, torch_dtype, device, master_device)
-        rule = build_update_rule(SimpleNamespace(update=update, decay=decay, momentum=momentum))
+        names, master = hf_master(model_dir, torch_dtype, device, es.master_device)
         install_reload_filter(self.model_runner.get_model())
-        self._es_master = EngineMaster(names, master, torch_dtype, noise_mode, noise_dtype, rule,
+        self._es_master = EngineMaster(names, master, torch_dtype, es.noise, es.noise_dtype, build_update_rule(es),
                                        self._es_writer("reload"), device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded
         return device.type

@@ -28,12 +28,12 @@ from safetensors.torch import load_file
 from es_repro.config import ConfigError
 from es_repro.engines.base import build_backend
 from es_repro.engines.hf import backend as hf_backend
-from es_repro.es.loop import run_es
 from es_repro.es.strategy import Member
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
-from es_repro.run.timing import Timer
 from es_repro.tasks import task_from_config
+from es_repro.train import run_es
+from es_repro.util.timing import Timer
 from tests.fakes import fake_vllm
 from tests.helpers import make_cfg
 
@@ -85,7 +85,7 @@ def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command(tmp_
     ("generation.vllm.gpu_memory_utilization=1.5", r"generation.vllm.gpu_memory_utilization=1.5 is not allowed; it must be in \(0, 1\]"),
     ("generation.vllm.tensor_parallel_size=0", "generation.vllm.tensor_parallel_size=0 is not allowed; it must be > 0"),
     ("es.lowrank=2", "es.lowrank=2 cannot be combined with generation.backend=vllm"),
-    ("es.update=qes", "es.update=qes runs on generation.backend=hf or qes"),
+    ("es.update=qes", "es.update=qes does not run on generation.backend=vllm; that engine runs es.update: sgd, momentum"),
 ])
 def test_bad_vllm_settings_name_the_field_and_the_choices(fake, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -514,3 +514,29 @@ def test_a_random_shape_is_built_for_the_engine_as_the_hf_backend_builds_it(dtyp
     assert len(built) == 2 and built[0] == built[1]
     device, resolved = loading.resolve_device(model_cfg.device), vllm_backend.engine_dtype(model_cfg)
     assert directory == str(tmp_path / f"random-qwen2.5-1.5b-{device.type}-{resolved}-seed{model_cfg.seed}")
+
+
+class ScaledSGD:
+    """A rule with a setting the worker has never heard of: the worker must receive it all the same."""
+
+    def __new__(cls, decay: float, scale: float):
+        from es_repro.es.update_rules import SGD
+
+        rule = SGD(decay)
+        rule.scale = scale
+        return rule
+
+
+def test_a_new_update_rule_setting_reaches_the_vllm_worker_without_editing_it(fake, monkeypatch):
+    """The worker builds its rule from the run's whole ES section through build_update_rule, so a setting added to
+    a rule's entry in UPDATES (here: scale, read from es.alpha) arrives on the worker as the driver built it."""
+    from es_repro.es import update_rules
+
+    sgd = update_rules.UPDATES["sgd"]
+    monkeypatch.setitem(update_rules.UPDATES, "sgd", update_rules.UpdateMethod(
+        ScaledSGD, lambda es: {"decay": float(es.decay), "scale": 7 * es.alpha}, strategy=sgd.strategy))
+    cfg = make_cfg(VLLM + ["es.alpha=0.25", "es.decay=0.125"])
+    build_backend(cfg, _task(cfg))
+    rule = fake.LLM.last.worker._es_master.rule
+    assert (rule.scale, rule.decay) == (7 * 0.25, 0.125)
+    assert update_rules.build_update_rule(cfg.es).scale == rule.scale  # the driver's rule, built by the same function

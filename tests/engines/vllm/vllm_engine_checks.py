@@ -157,7 +157,7 @@ def test_members_log_no_load_warning_on_a_tied_model(bf16):
     """SmolLM2 ties its head to the embeddings: vLLM's reload warns "ParallelLMHead: Failed to load weights" and
     "RotaryEmbedding: ..." at every write unless the worker's filter drops them (no other layer's warning)."""
     from es_repro.es.strategy import Member
-    from es_repro.run.timing import Timer
+    from es_repro.util.timing import Timer
 
     engine, _, task = bf16
     (dropped,) = engine.llm.collective_rpc(_count_load_warnings)
@@ -215,7 +215,7 @@ def test_perturbed_weights_inside_the_engine_equal_the_hf_backends_bit_for_bit(b
 
 def test_restore_returns_the_base_outputs_exactly(bf16):
     from es_repro.es.strategy import Member
-    from es_repro.run.timing import Timer
+    from es_repro.util.timing import Timer
 
     engine, hf, task = bf16
     rows = task.train_rows
@@ -286,8 +286,8 @@ def test_kl_scored_by_the_engine_matches_the_hf_backend(bf16):
 
 
 def _es_run(tmp_path, name: str, overrides: list[str]):
-    from es_repro.es.loop import run_es
     from es_repro.run.log import RunLog
+    from es_repro.train import run_es
     from tests.helpers import make_cfg
 
     run = ["es.population=6", "es.generations=1", "es.sigma=3e-3", "eval.every=0", "eval.kl_prompts=2",

@@ -118,6 +118,8 @@ class Plan:
         lines += [f"| {name} | {b / GIB:.2f} | {note} |" for name, b, note in self.rows]
         lines.append(f"| **total** | **{self.total / GIB:.2f}** | of {self.gpu_bytes / GIB:.0f} GiB |")
         lines += [f"| (host memory) {name} | {b / GIB:.2f} | {note} |" for name, b, note in self.host]
+        if self.host:
+            lines.append(f"| (host memory) **total** | **{self.host_bytes / GIB:.2f}** | of one process |")
         return "\n".join(lines)
 
 

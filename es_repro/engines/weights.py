@@ -119,11 +119,6 @@ class ESWeights(Master):
         for i in self.step_master(seed_coeffs):
             self.write_working(i)
 
-    def load_master(self, state: dict[str, torch.Tensor]) -> None:
-        """Set master (and working copy) from saved fp32 tensors; missing or extra names are an error."""
-        self.set_master(state)
-        self.restore()
-
     def load(self, path) -> None:
         super().load(path)
         self.restore()

@@ -61,13 +61,6 @@ class QuantizedTensor:
                 torch.equal(self.g_idx.to(torch.int32).cpu(), expected)
         return self._contiguous
 
-    def dequantize_at(self, flat_idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """De-quantized values of the elements at flat indices ``flat_idx`` (row-major over [out, in])."""
-        n_in = self.codes.shape[1]
-        rows, cols = flat_idx // n_in, flat_idx % n_in
-        groups = self.g_idx.long()[cols]
-        return dequant_values(self.codes.view(-1)[flat_idx], self.zeros[groups, rows], self.scales[groups, rows]).to(dtype)
-
 
 def dequant_values(codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The one de-quantization formula: (float(code) - float(zero)) * float(scale), in float32."""

@@ -62,10 +62,6 @@ class Residuals:
             self.records.append(([(int(s), float(c)) for s, c in seed_coeffs], float(sigma)))
         self.step += 1
 
-    def scalars(self) -> int:
-        """Scalars held by the replay history (seeds + coefficients + sigmas)."""
-        return sum(2 * len(sc) + 1 for sc, _ in self.records)
-
     # checkpoint payload ----------------------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = {"mode": self.mode, "window": self.window, "init": self.init, "step": self.step,

@@ -185,21 +185,24 @@ def test_reward_scores_completion_not_prompt():
 
 
 @pytest.mark.parametrize(
-    "completion",
+    "completion, expected",
     [
-        " " + "a" * 10**6,
-        " " + "</think>\n<answer>" * 60_000,  # many candidate split points for the full-format pattern
-        " " + "<answer>" * 130_000,
-        " " + "<think>" * 150_000,
-        " </think>\n<answer>" + "(" * 10**6 + "</answer>",  # 1 MB answer block
-        " </think>\n<answer>" + "1 + " * 250_000 + "1</answer>",
-        " " + "<answer>1</answer>" * 60_000,  # many answer blocks
+        (" " + "a" * 10**6, 0.0),
+        (" " + "</think>\n<answer>" * 60_000, 0.01),  # many split points for the full format; no </answer>: think only
+        (" " + "<answer>" * 130_000, 0.0),
+        (" " + "<think>" * 150_000, 0.0),
+        (" </think>\n<answer>" + "(" * 10**6 + "</answer>", 0.1),  # 1 MB answer block: full format, no equation
+        (" </think>\n<answer>" + "1 + " * 250_000 + "1</answer>", 0.1),  # full format, the wrong numbers
+        (" " + "<answer>1</answer>" * 60_000, 0.05),  # many answer blocks, no think block
+        (" " + "<think>" * 150_000 + "</think>\n<answer>25 + 3 * 7</answer>", 1.1),  # right after all
+        (" </think>\n<answer>" + "(" * 10**6 + "</answer><answer>25 + 3 * 7</answer>", 1.1),  # the LAST block counts
     ],
 )
-def test_long_hostile_completions_are_fast(completion):
+def test_long_hostile_completions_get_their_scores_fast(completion, expected):
+    """Megabyte-long hostile text gets the reward its definition gives (0.1 x format + answer), in under 1 s."""
     assert len(completion) >= 10**6
     start = time.perf_counter()
-    reward([completion], numbers=[NUMS], target=[TARGET])
+    assert reward([completion], numbers=[NUMS], target=[TARGET]) == [pytest.approx(expected)]
     assert time.perf_counter() - start < 1.0
 
 

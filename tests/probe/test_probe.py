@@ -265,8 +265,8 @@ def test_hf_member_completions_at_sigma_zero_is_the_base_model_and_restores(tmp_
 
     from es_repro.engines.base import build_backend
     from es_repro.es.strategy import Member
-    from es_repro.util.timing import Timer
     from es_repro.tasks import build_task
+    from es_repro.util.timing import Timer
 
     cfg = probe_cfg(["model=tiny-random", "task=synthetic", *mode])
     task = build_task("synthetic", 4, 4, 0, {"target_char": "a"})
@@ -289,4 +289,8 @@ def test_probe_command_line_writes_its_run_directory(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     runs = list((tmp_path / "probe" / "default").iterdir())
     assert len(runs) == 1 and "probe.reward" not in runs[0].name and "probe.candidates=6" in runs[0].name
-    assert "Use sigma" in out.stdout or "No usable sigma" in out.stdout
+    info = RunLog(runs[0]).info()
+    assert info["status"] == "finished" and info["kind"] == "probe"
+    recommendation = info["summary"]["recommendation"]  # printed last, as the run directory records it
+    assert recommendation.startswith(("Use sigma", "No usable sigma")) and out.stdout.rstrip().endswith(recommendation)
+    assert recommendation in (runs[0] / "report_shaped.md").read_text()

@@ -79,6 +79,8 @@ def test_sampling_for_kl_is_seeded_and_leaves_the_global_stream_alone():
     a = backend.sample_ids(task.eval_rows, temperature=1.0, seed=5)
     assert torch.equal(torch.random.get_rng_state(), before)
     assert a == backend.sample_ids(task.eval_rows, temperature=1.0, seed=5)
+    # the seed, not the global stream it leaves alone, decides the samples: another seed, other samples
+    assert [c for _, c in a] != [c for _, c in backend.sample_ids(task.eval_rows, temperature=1.0, seed=6)]
 
 
 def test_evaluate_reports_task_accuracy_and_reward():

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from es_repro.train import run_es
 from es_repro.run.checkpoint import latest_checkpoint
 from es_repro.run.log import RunLog
 from es_repro.run.replay import main as replay_main
+from es_repro.train import run_es
 from tests.helpers import TINY, make_cfg
 
 REPO = Path(__file__).resolve().parents[2]

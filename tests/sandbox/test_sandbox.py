@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from es_repro.util.errors import ConfigError
 from es_repro.sandbox import launch, sandbox_limits
 from es_repro.sandbox.launch import PACKAGE, UID_BASE
 from es_repro.tasks import build_task, score
 from es_repro.tasks.answer_extract import last_boxed, last_code_block
+from es_repro.util.errors import ConfigError
 from tests.helpers import missing_tool
 
 LIMIT_S = 1.0

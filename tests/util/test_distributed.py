@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
+from es_repro.run.log import RunLog
 # Only light imports at module level: the spawned gloo workers below re-import this module.
 from es_repro.util import distributed
-from es_repro.run.log import RunLog
 from tests.helpers import TINY, assert_same_final_weights
 
 REPO = Path(__file__).resolve().parents[2]

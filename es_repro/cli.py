@@ -85,8 +85,10 @@ def launch(dcfg: DictConfig, run_dir: Path) -> dict:
     # several GPUs (vLLM's tensor parallel), so each process binds a group of that size
     per_process = engine.devices_per_process(cfg)
     distributed.init(per_process)
-    cfg = fit_on_the_gpu(cfg, per_process)
-    return run_es(cfg, run_dir)
+    try:
+        return run_es(fit_on_the_gpu(cfg, per_process), run_dir)
+    finally:
+        distributed.shutdown()  # the process group ends with the run (a no-op in a run of one process)
 
 
 def fit_on_the_gpu(cfg, per_process: int):

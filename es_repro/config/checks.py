@@ -1,6 +1,6 @@
 """Value checks that types alone cannot make, before any model loads: each names the field and what is allowed.
 
-The generic helpers and the run-level settings (eval, checkpoints, logger) live here; every feature checks its
+The generic helpers and the run-level settings (eval, checkpoints) live here; every feature checks its
 own settings in its own package and is listed once in FEATURE_CHECKS, imported only when a config is validated.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from es_repro.config.schema import WANDB_MODES, RunConfig
+from es_repro.config.schema import RunConfig
 from es_repro.util.errors import ConfigError
 
 # "module:function" taking the RunConfig; a new feature with settings of its own adds one line.
@@ -26,6 +26,7 @@ FEATURE_CHECKS = (
     "es_repro.engines.vllm.checks:check",
     "es_repro.baselines.checks:check",
     "es_repro.probe.checks:check",
+    "es_repro.run.checks:check",
 )
 # Checks a launch runs after validate(): slower ones that a config rebuilt from run.json does not repeat.
 LAUNCH_CHECKS = ("es_repro.baselines.checks:check_launch",)
@@ -83,5 +84,4 @@ def validate(cfg: RunConfig) -> RunConfig:
     positive("eval.kl_temperature", cfg.eval.kl_temperature)
     positive("checkpoint_every", cfg.checkpoint_every)
     positive("keep_checkpoints", cfg.keep_checkpoints)
-    one_of("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
     return cfg

@@ -132,6 +132,7 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
+    name: str = "none"  # where metrics.jsonl is mirrored (es_repro/run/mirrors.py LOGGERS): none | wandb
     wandb_mode: str = "disabled"  # disabled | offline | online; metrics.jsonl is the source of truth either way
     wandb_project: str = "es-repro"
     wandb_entity: Optional[str] = None

@@ -39,8 +39,8 @@ def stochastic_step(shape: torch.Size | tuple, seed: int, sigma: float, device: 
     gen.manual_seed(seed)
     x = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).mul_(sigma)
     gen.manual_seed(seed + ROUNDING_STREAM_OFFSET)
-    x.add_(torch.rand(shape, generator=gen, device=device, dtype=torch.float32))
-    return x.floor_().clamp_(-127, 127).to(torch.int8)  # stochastic_round, in place
+    u = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
+    return stochastic_round(x, u).clamp_(-127, 127).to(torch.int8)
 
 
 def in_range(values: torch.Tensor, maxq: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ and is always >= 0. Everything model-specific goes through the Backend (es_repro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,17 +20,27 @@ from es_repro.tasks.base import Row, Task, score
 
 @dataclass
 class EvalResult:
-    accuracy: float
-    reward: float
-    kl: float | None
-    n: int
-    extra: dict[str, float]
+    rows: list[Row]
+    rewards: list[float]
+    correct: list[float]
+    kl: float | None  # None: not measured
+    extra: dict[str, float]  # the task's own metrics (Task.extra_metrics), logged as eval_<name>
     samples: list[dict]  # a few (prompt, completion, reward) records for samples.jsonl
 
     def metrics(self) -> dict:
-        out = {"eval_accuracy": self.accuracy, "eval_reward": self.reward, "eval_kl": self.kl, "eval_n": self.n}
+        out = {name: metric(self) for name, metric in METRICS.items()}
         out.update({f"eval_{k}": v for k, v in self.extra.items()})
         return out
+
+
+# What an "eval" line of metrics.jsonl holds (the analysis reads these names), each computed from the evaluation's
+# scored rows: a new metric is one entry here.
+METRICS: dict[str, Callable[[EvalResult], float | int | None]] = {
+    "eval_accuracy": lambda r: sum(r.correct) / len(r.rows),
+    "eval_reward": lambda r: sum(r.rewards) / len(r.rows),
+    "eval_kl": lambda r: r.kl,  # k3 to the base model (below)
+    "eval_n": lambda r: len(r.rows),
+}
 
 
 def k3_per_token(logp_finetuned: torch.Tensor, logp_base: torch.Tensor) -> torch.Tensor:
@@ -71,8 +81,7 @@ def evaluate(task: Task, backend: Backend, *, kl: bool = True, size: int = 0, kl
         kl_value = kl_to_base(backend, pairs)
     prompts = backend.prompts(rows[:samples_to_log])
     samples = [{"prompt": p, "completion": c, "reward": rw} for p, c, rw in zip(prompts, completions, rewards)]
-    return EvalResult(accuracy=sum(correct) / len(rows), reward=sum(rewards) / len(rows), kl=kl_value, n=len(rows),
-                      extra=extra, samples=samples)
+    return EvalResult(rows=list(rows), rewards=rewards, correct=correct, kl=kl_value, extra=extra, samples=samples)
 
 
 class Evaluator:

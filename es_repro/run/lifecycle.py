@@ -9,7 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from es_repro.run.lock import run_lock
-from es_repro.run.log import RunLog, open_wandb
+from es_repro.run.log import RunLog
+from es_repro.run.mirrors import open_mirror
 
 
 def finished_summary(log: RunLog) -> dict | None:
@@ -24,12 +25,11 @@ def start(cfg, log: RunLog, kind: str, task_info: dict | None = None, backend_in
           noise_info: dict | None = None) -> None:
     """run.json (status running, config, commit, host; what the task reports about itself, e.g. the reward
     sandbox's isolation, under "task_info"; what the backend reports, e.g. its forward path, under "backend"; the
-    noise fingerprint and device facts under "noise", es_repro/es/fingerprint.py) and the wandb mirror."""
+    noise fingerprint and device facts under "noise", es_repro/es/fingerprint.py) and the mirror (logger.name)."""
     config = asdict(cfg)
     extra = {k: v for k, v in (("task_info", task_info), ("backend", backend_info), ("noise", noise_info)) if v}
     log.start(config, kind=kind, **extra)
-    log.wandb = open_wandb(cfg.logger.wandb_mode, cfg.logger.wandb_project, cfg.logger.wandb_entity,
-                           f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)
+    log.mirror = open_mirror(cfg.logger, f"{cfg.experiment}/{Path(log.dir).name}", config, log.dir)
 
 
 class Terminated(SystemExit):

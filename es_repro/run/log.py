@@ -2,7 +2,7 @@
 
 metrics.jsonl is the source of truth: one line per ES generation ({"kind": "train", ...}) and one per
 evaluation ({"kind": "eval", ...}). Each line is written with one write() and fsync'd, so a killed run leaves
-at most one torn last line, which readers drop. wandb, when enabled, only mirrors these lines.
+at most one torn last line, which readers drop. A mirror (wandb, when enabled: es_repro/run/mirrors.py) only copies these lines.
 """
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from es_repro.util.files import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from es_repro.run.mirrors import Mirror
 
 RUN_FILE, METRICS_FILE, SAMPLES_FILE = "run.json", "metrics.jsonl", "samples.jsonl"
 
@@ -40,10 +43,10 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, wandb_run: Any = None):
+    def __init__(self, run_dir: Path, mirror: Mirror | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.wandb = wandb_run
+        self.mirror = mirror  # es_repro/run/mirrors.py: wandb, or nothing
 
     # run.json ---------------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -65,14 +68,13 @@ class RunLog:
 
     def finish_run(self, counts: dict, final_eval: dict, unit: str) -> dict:
         """The end of a run (ES or baseline): a summary of ``counts`` ({unit: n, "samples": m}), the last train
-        reward and the final evaluation's eval_* numbers, into run.json (status finished) and wandb."""
+        reward and the final evaluation's eval_* numbers, into run.json (status finished) and the mirror."""
         train = self.records("train")
         summary = {**counts, "final_train_reward": train[-1]["reward_mean"] if train else None,
                    **{k: v for k, v in final_eval.items() if k.startswith("eval_")}}
         self.finish(summary)
-        if self.wandb is not None:
-            self.wandb.summary.update(summary)
-            self.wandb.finish()
+        if self.mirror is not None:
+            self.mirror.finish(summary)
         print(f"[es-repro] done: {counts[unit]} {unit}, {counts['samples']} sample evaluations, eval accuracy "
               f"{summary.get('eval_accuracy')}, eval reward {summary.get('eval_reward')}, run dir {self.dir}")
         return summary
@@ -98,9 +100,9 @@ class RunLog:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        if self.wandb is not None and file == METRICS_FILE:
+        if self.mirror is not None and file == METRICS_FILE:
             step = record.get("generation", record.get("step"))
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step=step)
+            self.mirror.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None}, step)
 
     def truncate_after(self, value: int, key: str = "generation", files: tuple[str, ...] = (METRICS_FILE,)) -> None:
         """Drop records whose ``key`` is past ``value`` (and any torn line) before a resumed run appends again;
@@ -111,14 +113,3 @@ class RunLog:
                 continue
             keep = [r for r in read_jsonl(path) if r.get(key, value) <= value]
             write_text_atomic(path, "".join(json.dumps(r, default=float) + "\n" for r in keep))
-
-
-def open_wandb(mode: str, project: str, entity: str | None, name: str, config: dict, run_dir: Path) -> Any:
-    """A wandb run mirroring metrics.jsonl, or None when disabled. Resumes the same wandb run id on relaunch."""
-    if mode == "disabled":
-        return None
-    import wandb
-
-    run_id = (name.replace("/", "-").replace("=", "_").replace(",", "-"))[-120:]
-    return wandb.init(mode=mode, project=project, entity=entity, name=name, id=run_id, resume="allow",
-                      config=config, dir=str(run_dir))

@@ -138,12 +138,6 @@ def _parse(expr: object) -> _Parser | None:
     return parser
 
 
-def parse_numbers(expr: str) -> list[int] | None:
-    """The numbers written in ``expr`` in order, or None if ``expr`` is not a well-formed expression."""
-    parser = _parse(expr)
-    return None if parser is None else parser.numbers
-
-
 def evaluate(expr: str) -> Fraction | None:
     """The exact value of ``expr``, or None if it is malformed or divides by zero."""
     parser = _parse(expr)

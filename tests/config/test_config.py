@@ -90,3 +90,10 @@ def test_long_override_lists_get_a_short_unique_directory_name():
     assert len(run_name(a).encode()) <= MAX_RUN_NAME and len(run_name(b).encode()) <= MAX_RUN_NAME
     assert run_name(a) != run_name(b) and run_name(a) == run_name(a)
     assert run_name(a).startswith(a[:100])
+
+
+def test_a_logger_name_is_checked_against_the_registry():
+    """logger.name's choices are the keys of LOGGERS (es_repro/run/mirrors.py), listed in the error."""
+    with pytest.raises(ConfigError, match="logger.name='tensorboard' is not allowed; choose one of: none, wandb"):
+        make_cfg(["logger.name=tensorboard"])
+    assert make_cfg(["logger=wandb_offline"]).logger.name == "wandb" and make_cfg().logger.name == "none"

@@ -12,6 +12,7 @@ from es_repro.engines.hf.generation import HFGenerator, batch_token_logprobs, to
 from es_repro.engines.weights import ESWeights
 from es_repro.models.tiny import build_tiny_model
 from es_repro.run.evaluate import evaluate, k3_per_token, kl_to_base
+from es_repro.run.log import SAMPLES_FILE, RunLog, read_jsonl
 from es_repro.tasks import build_task
 
 
@@ -89,12 +90,27 @@ def test_evaluate_reports_task_accuracy_and_reward():
     base, _ = build_tiny_model(seed=0)
     result = evaluate(task, _backend(model, tok, task, base), kl_samples=2, kl_prompts=2, samples_to_log=4)
     completions = [s["completion"] for s in result.samples]
-    assert result.n == 4 and len(completions) == 4
-    assert result.kl == pytest.approx(0.0, abs=1e-6)
+    metrics = result.metrics()
+    assert metrics["eval_n"] == 4 and len(completions) == 4
+    assert metrics["eval_kl"] == pytest.approx(0.0, abs=1e-6)
     recomputed = task.reward(completions, target_char=["a"] * len(completions))
     assert [s["reward"] for s in result.samples] == recomputed
-    assert result.reward == pytest.approx(sum(recomputed) / 4)
-    assert result.accuracy == sum(task.accuracy(completions, target_char=["a"] * 4)) / 4
+    assert metrics["eval_reward"] == pytest.approx(sum(recomputed) / 4)
+    assert metrics["eval_accuracy"] == sum(task.accuracy(completions, target_char=["a"] * 4)) / 4
+
+
+def test_a_metric_added_to_the_registry_reaches_the_eval_line(tmp_path, monkeypatch):
+    """METRICS is the one list of what an eval line holds: an entry added there is logged without other edits."""
+    from es_repro.run import evaluate as evaluate_module
+    from es_repro.train import run_es
+    from tests.helpers import make_cfg
+
+    monkeypatch.setitem(evaluate_module.METRICS, "eval_reward_max", lambda r: max(r.rewards))
+    run_es(make_cfg(["es.generations=1", "eval.every=1", "eval.kl_samples=0"]), tmp_path)
+    evals = RunLog(tmp_path).records("eval")
+    samples = [s for s in read_jsonl(tmp_path / SAMPLES_FILE) if s["step"] == evals[-1]["step"]]
+    assert len(evals) == 2 and all("eval_reward_max" in e for e in evals)
+    assert evals[-1]["eval_reward_max"] >= max(s["reward"] for s in samples)  # the samples are a subset of the rows
 
 
 def test_base_model_not_kept_is_loaded_per_kl_evaluation_with_the_same_kl():

@@ -11,7 +11,7 @@ import pytest
 from es_repro.tasks.base import score
 from es_repro.tasks.countdown import (ASSISTANT_PREFIX, PREFILLS, accuracy, answer_reward, build_countdown_task,
                                       format_reward, generate_problems, last_answer, load_problems, make_splits, reward)
-from es_repro.tasks.countdown_check import check_answer, evaluate, parse_numbers
+from es_repro.tasks.countdown_check import _parse, check_answer, evaluate
 from es_repro.util.errors import DataError
 
 NUMS, TARGET = [3, 7, 25], 46  # 25 + 3 * 7 = 46
@@ -94,7 +94,8 @@ def test_check_answer(expr, numbers, target, ok):
     ],
 )
 def test_parse_and_evaluate(expr, numbers, value):
-    assert parse_numbers(expr) == numbers
+    parser = _parse(expr)
+    assert (None if parser is None else parser.numbers) == numbers
     assert evaluate(expr) == value
 
 

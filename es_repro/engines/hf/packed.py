@@ -62,9 +62,3 @@ def install_packed_linears(model: nn.Module) -> int:
             module.forward = PackedLinear(module)
             count += 1
     return count
-
-
-def remove_packed_linears(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and isinstance(module.forward, PackedLinear):
-            del module.forward  # the class's forward again

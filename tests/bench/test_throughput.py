@@ -2,6 +2,7 @@
 member phases while still applying (and timing) the full N-member update."""
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -118,16 +119,41 @@ def test_inflight_processes_split_the_members_and_add_up_to_one_process_generati
         bench.bench_inflight(cfg, cfg.model.dtype, processes=3, timed_members=2)
 
 
+def _printed_table(out: str) -> dict[str, dict[str, str]]:
+    """The benchmark's printed table: {"<mode key>": {column: cell}}, keyed as the speed-up lines name a mode
+    ("default@float32"; "inflight x2" as "inflight2@float32")."""
+    lines = [line.strip().strip("|").split("|") for line in out.splitlines() if line.startswith("| ")]
+    header, *rows = [[cell.strip() for cell in line] for line in lines]
+    table = {}
+    for row in rows:
+        cells = dict(zip(header, row))
+        table[f"{cells['mode'].replace('inflight x', 'inflight')}@{cells['dtype']}"] = cells
+    return table
+
+
 @pytest.mark.slow
 def test_bench_cli_prints_every_mode_and_the_speed_up(capsys):
+    """A row per mode, and one speed-up line per mode over the paper loop that equals the ratio of the printed
+    total_s cells (paper / mode: time per generation), within the rounding of the printed digits (3 for seconds,
+    2 for the speed-up); a speed-up computed from anything else, or inverted, does not fit."""
     bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "4", "--prompts", "2",
                 "--max-new-tokens", "4", "--members-per-forward", "2", "--timed-members", "2",
                 "--modes", "paper@float32,default@float32,lowrank@bfloat16,inflight@float32", "--inflight", "2"])
     out = capsys.readouterr().out
     assert "| paper | float32 |" in out and "| default | float32 |" in out and "| lowrank | bfloat16 |" in out
-    assert "| inflight x2 | float32 |" in out and "speed-up of inflight2@float32 over paper@float32" in out
-    assert "speed-up of default@float32 over paper@float32" in out
-    assert "speed-up of lowrank@bfloat16 over paper@float32" in out
+    assert "| inflight x2 | float32 |" in out
+    table = _printed_table(out)
+    assert sorted(table) == ["default@float32", "inflight2@float32", "lowrank@bfloat16", "paper@float32"]
+    speed_ups = re.findall(r"^speed-up of (\S+) over (\S+): (\d+\.\d\d)x per generation$", out, re.MULTILINE)
+    assert sorted(mode for mode, _, _ in speed_ups) == ["default@float32", "inflight2@float32", "lowrank@bfloat16"]
+    assert {ref for _, ref, _ in speed_ups} == {"paper@float32"}
+    for mode, ref, printed in speed_ups:
+        paper, other = float(table[ref]["total_s"]), float(table[mode]["total_s"])
+        assert paper > 0, table[ref]
+        # every printed number is within half its last digit of the true one
+        lowest = (paper - 5e-4) / (other + 5e-4)
+        highest = (paper + 5e-4) / (other - 5e-4) if other > 5e-4 else float("inf")
+        assert lowest - 5e-3 <= float(printed) <= highest + 5e-3, (mode, printed, paper, other)
 
 
 def test_bench_rejects_bad_modes_and_member_counts():

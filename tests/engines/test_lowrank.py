@@ -46,7 +46,10 @@ def test_batched_forward_equals_each_member_perturbed_explicitly(tie):
 
 def test_lowrank_honours_es_master_device(monkeypatch):
     """es.master_device reaches the low-rank weights (the memory plan may have moved the master to pinned host
-    memory because it does not fit beside the model); recorded at the one place a master tensor is made."""
+    memory because it does not fit beside the model); recorded at the one place a master tensor is made. A spy,
+    because on a CPU-only machine a cpu master is made exactly as an auto one (pinning needs CUDA, and the meta
+    device cannot stand in for the GPU: a host master copies the model's values, which meta tensors lack); the
+    pinned master itself is checked on CUDA in tests/engines/test_gpu.py."""
     from es_repro.engines import weights as weights_module
     from es_repro.engines.hf.backend import make_weights
 

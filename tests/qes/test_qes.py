@@ -241,11 +241,34 @@ def test_gamma_zero_keeps_no_residual_and_rounds_small_updates_away():
     assert all(torch.equal(q.codes, torch.full_like(q.codes, 128)) for q in w.quantized)
 
 
-def test_paper_norm_divides_by_the_population():
-    _, a = tiny_quantized(8, fill=128, norm="code", population=6, alpha=0.1, sigma=1.0)
-    _, b = tiny_quantized(8, fill=128, norm="paper", population=6, alpha=0.6, sigma=1.0)
+def _hand_step(shape, seed, sigma):
+    """d = floor(sigma * randn + u) for layer seed ``seed`` (es.noise=iid: member seed + layer index), the uniforms u
+    from the stream seeded seed + 12345: es_repro/qes/steps.py's definition, written out here."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * sigma
+    u = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 12345))
+    return torch.floor(x + u).clamp(-127, 127)
+
+
+@pytest.mark.parametrize("norm", ["code", "paper"])
+def test_paper_norm_divides_by_the_population(norm):
+    """alpha * g per layer against g worked out by hand: with every code mid-range (8 bits, 128) no step is gated,
+    so a pair (+s, c), (-s, -c) adds c * 2 d_s, and g = 2 sum_s c_s d_s / sigma (norm=code, the released code) or
+    / (N sigma) (norm=paper, Eq. 5). With gamma = 0 the update then moves each code by round(alpha * g)."""
+    N, alpha, sigma = 6, 0.6, 0.7
+    _, w = tiny_quantized(8, fill=128, norm=norm, population=N, alpha=alpha, sigma=sigma, gamma=0.0)
     sc = _updates(1)[0]
-    assert torch.allclose(a._alpha_g(0, sc, 1.0), b._alpha_g(0, sc, 1.0), rtol=1e-6)
+    divisor = sigma if norm == "code" else N * sigma
+    expected = []
+    for i, q in enumerate(w.quantized):
+        g = sum(c * 2 * _hand_step(q.codes.shape, s + i, sigma).double() for s, c in sc) / divisor
+        expected.append(alpha * g)
+        torch.testing.assert_close(w._alpha_g(i, sc, sigma).double(), alpha * g, rtol=1e-6, atol=1e-6)
+    w.apply_update(sc)
+    moved = 0
+    for q, a_g in zip(w.quantized, expected):
+        assert torch.equal(q.codes.to(torch.int16), (128 + torch.round(a_g)).to(torch.int16))
+        moved += int((q.codes != 128).sum())
+    assert moved > 0  # the rounding did not swallow the whole update
 
 
 # ---- quantization and the de-quantized forward path --------------------------------------------------------------

@@ -146,15 +146,28 @@ def test_corrupt_checkpoint_is_named_and_an_older_one_or_the_log_is_used(tmp_pat
     assert_same(weights(tmp_path / "run"), weights(tmp_path / "ref"))
 
 
-def test_unreadable_state_json_names_the_file(tmp_path, capsys):
-    run_es(make_cfg(SHORT), tmp_path)
-    ckpt = latest_checkpoint(tmp_path)
+def test_unreadable_state_json_names_the_file_and_resumes_from_the_older_checkpoint(tmp_path, capsys):
+    """A newest checkpoint (gen-000004) whose state.json does not parse is named, and the relaunch resumes from the
+    older one (gen-000002, not the base weights) plus the 2 generations logged after it, then trains generation 5
+    onto the weights an uninterrupted 5-generation run ends with."""
+    run_es(make_cfg(SHORT[1:] + ["es.generations=5"]), tmp_path / "ref")
+    run_dir = tmp_path / "run"
+    run_es(make_cfg(SHORT), run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt.name == "gen-000004"
     (ckpt / "state.json").write_text("{not json")
     (ckpt / "checksums.json").unlink()  # so the state.json check itself is what catches it
-    as_crashed(tmp_path)
-    run_es(make_cfg(SHORT[1:] + ["es.generations=5"]), tmp_path)
-    assert f"{ckpt / 'state.json'}: unreadable ES state" in capsys.readouterr().out
-    assert RunLog(tmp_path).info()["status"] == "finished"
+    as_crashed(run_dir)
+    capsys.readouterr()
+    run_es(make_cfg(SHORT[1:] + ["es.generations=5"]), run_dir)
+    out = capsys.readouterr().out
+    assert f"{ckpt / 'state.json'}: unreadable ES state" in out
+    resumed = [line for line in out.splitlines() if line.startswith("[es-repro] resuming")]
+    assert resumed == [f"[es-repro] resuming {run_dir} at generation 4: checkpoint gen-000002, "
+                       f"2 generations replayed from the log"]
+    assert RunLog(run_dir).info()["status"] == "finished"
+    assert [r["generation"] for r in RunLog(run_dir).records("train")] == [1, 2, 3, 4, 5]
+    assert_same(weights(run_dir), weights(tmp_path / "ref"))
 
 
 def test_a_nonfinite_checkpoint_is_never_written(tmp_path):

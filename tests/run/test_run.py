@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from es_repro.run.checkpoint import latest_checkpoint
-from es_repro.run.log import RunLog
+from es_repro.run.log import RunLog, read_jsonl
 from es_repro.run.replay import main as replay_main
+from es_repro.tasks import task_from_config
+from es_repro.tasks.base import score
 from es_repro.train import run_es
 from tests.helpers import TINY, make_cfg
 
@@ -33,6 +35,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_run_writes_logs_checkpoint_and_skips_when_finished(tmp_path, capsys):
+    """run.json, the train and eval lines of metrics.jsonl, the newest checkpoint (a plain HF directory), and
+    samples.jsonl line by line: what a finished run leaves; a relaunch of it skips and writes nothing."""
     cfg = make_cfg(["eval.every=2", "checkpoint_every=3"])
     summary = run_es(cfg, tmp_path)
     log = RunLog(tmp_path)
@@ -53,10 +57,25 @@ def test_run_writes_logs_checkpoint_and_skips_when_finished(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(ckpt).config.hidden_size == 32
-    assert (tmp_path / "samples.jsonl").is_file()
+    # samples.jsonl: per evaluation (generations 0, 2, 4) the first eval.samples_to_log = 4 eval rows, in order,
+    # each with its completion and the reward the task gives that completion for that row
+    samples = list(read_jsonl(tmp_path / "samples.jsonl"))
+    task = task_from_config(cfg.task)
+    assert cfg.eval.samples_to_log == len(task.eval_rows) == 4
+    assert [(r["kind"], r["step"], r["generation"]) for r in samples] == [
+        ("eval", g, g) for g in (0, 2, 4) for _ in range(4)]
+    for k, r in enumerate(samples):
+        row = task.eval_rows[k % 4]
+        assert r["prompt"] == row["prompt"]  # task.prompt_format=raw
+        assert r["reward"] == score(task.reward, [r["completion"]], [row])[0], r
+    assert any(r["reward"] > 0 for r in samples)  # real completions, not empty ones scored 0
+    for e in evals:  # the eval line's mean reward is these rows' (all 4 eval rows are logged)
+        assert e["eval_reward"] == pytest.approx(sum(r["reward"] for r in samples if r["step"] == e["step"]) / 4)
+    written = (tmp_path / "samples.jsonl").read_bytes()
     run_es(cfg, tmp_path)
     assert "already finished; skipping" in capsys.readouterr().out
     assert len(RunLog(tmp_path).records("train")) == 4
+    assert (tmp_path / "samples.jsonl").read_bytes() == written  # the skipped launch logs nothing
 
 
 def test_es_improves_reward_on_a_reachable_task(tmp_path):

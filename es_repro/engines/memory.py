@@ -151,6 +151,8 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
                 plan.host.append(("update rule state", len(state) * P * 4 * workers, what + on_workers))
     plan.rows += terms.generation
     add(("update/perturb buffers", shape.largest_tensor * (4 + noise_b + 4), "largest tensor's noise + fp32 delta"))
+    if cfg.es.noise == "table":  # read on the device the weights are perturbed on
+        add(("noise table", cfg.es.noise_table_values * 4, f"es.noise=table: {cfg.es.noise_table_values} float32 normals"))
     plan.rows += terms.evaluation
     add(("KL forward logits", kl_len * shape.vocab * (b + 4) if cfg.eval.kl_samples else 0,
          f"{kl_len} tokens{terms.kl_logits_note}"))

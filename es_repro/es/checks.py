@@ -23,6 +23,10 @@ def check(cfg) -> None:
     one_of("es.update", es.update, tuple(UPDATES))
     if not 0.0 <= es.momentum < 1.0:
         raise ConfigError(f"es.momentum={es.momentum} is not allowed; it must be in [0, 1)")
+    positive("es.noise_table_chunk", es.noise_table_chunk)
+    if es.noise_table_values < 2 * es.noise_table_chunk:
+        raise ConfigError(f"es.noise_table_values={es.noise_table_values} is not allowed; it must be at least twice "
+                          f"es.noise_table_chunk={es.noise_table_chunk}")
     one_of("es.noise_dtype", es.noise_dtype, NOISE_DTYPES)
     one_of("es.master_device", es.master_device, MASTER_DEVICES)
     one_of("es.noise_cache", es.noise_cache, NOISE_CACHE)

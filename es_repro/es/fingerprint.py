@@ -7,7 +7,9 @@ change the trajectory without a word.
 So every process draws a fixed reference noise at start, in the run's noise settings on the model's device, and
 hashes it. The processes compare their hashes (a mismatch refuses the run, naming each rank's device), run.json
 records the hash with the device facts, and a resume whose hash differs is refused unless
-es.allow_noise_change=true.
+es.allow_noise_change=true. With es.noise=table the reference noise is read from the shared table, so the hash is
+the same on every device: a table run resumes and replays on another GPU model or on the CPU without the flag, and
+run.json also records the table's settings and SHA-256 (compared as well).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from es_repro.es.noise import tensor_noise
+from es_repro.es.noise import noise_mode, tensor_noise
 from es_repro.util.errors import RunStateError
 
 # 2^22 values: past the size where CUDA's randn launch is capped by the SM count on current GPUs (~1M), so the
@@ -27,10 +29,10 @@ REFERENCE_SHAPE = (2048, 2048)
 REFERENCE_SEED = 20250924  # any fixed seed; noise of tensor index 0
 
 
-def noise_fingerprint(device: torch.device, dtype: torch.dtype, noise_mode: str, noise_dtype: str) -> str:
+def noise_fingerprint(device: torch.device, dtype: torch.dtype, mode, noise_dtype: str) -> str:
     """16 hex digits of the SHA-256 of the reference noise drawn as the run draws a parameter's noise."""
     like = torch.empty((), dtype=dtype, device=device).expand(*REFERENCE_SHAPE)  # shape, dtype and device only
-    eps = tensor_noise(like, 0, REFERENCE_SEED, noise_mode, noise_dtype)
+    eps = tensor_noise(like, 0, REFERENCE_SEED, mode, noise_dtype)
     return hashlib.sha256(eps.float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
@@ -64,7 +66,9 @@ def this_process(cfg) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # the GPU this process was bound to
     dtype = resolve_dtype(cfg.model.dtype, device)
-    return {"fingerprint": noise_fingerprint(device, dtype, cfg.es.noise, cfg.es.noise_dtype),
+    mode = noise_mode(cfg.es)
+    table = {"table": mode.identity()} if mode.device_independent else {}  # es.noise=table: its settings and hash
+    return {"fingerprint": noise_fingerprint(device, dtype, mode, cfg.es.noise_dtype), **table,
             "host": socket.gethostname(), **device_facts(device)}
 
 
@@ -91,12 +95,18 @@ def check_resume(recorded: dict | None, current: dict, allow_change: bool, *, ac
                  allow_with: str = "es.allow_noise_change=true") -> None:
     """A run resumed (or replayed: action="replay", allowed with --allow-noise-change) where its noise differs from
     the one it was trained with is refused, in one line naming both devices."""
-    if not recorded or recorded.get("fingerprint") == current["fingerprint"]:
+    if not recorded or (recorded.get("fingerprint") == current["fingerprint"]
+                        and recorded.get("table") == current.get("table")):
         return
     if allow_change:
         print(f"[es-repro] WARNING: {action.removesuffix('e')}ing with different noise ({recorded.get('name')} "
               f"-> {current.get('name')}); {allow_with}")
         return
+    if recorded.get("fingerprint") == current["fingerprint"]:  # the same noise, another table record
+        raise RunStateError(
+            f"this run was trained with the noise table {recorded.get('table')}, but here it is "
+            f"{current.get('table')}: replay and the remaining generations would follow another trajectory. "
+            f"{action.capitalize()} with the run's noise table settings, or accept the change with {allow_with}")
     raise RunStateError(
         f"this run was trained with noise fingerprint {recorded.get('fingerprint')} on {recorded.get('name')} "
         f"(SMs {recorded.get('sm_count', '-')}, torch {recorded.get('torch')}), but here the same seeds draw "

@@ -21,12 +21,6 @@ from typing import Callable, Sequence
 
 import torch
 
-# es.noise -> the seed tensor ``index`` of a member with ``seed`` draws from: the one rule every engine's noise
-# follows (full rank, low rank, QES codes). A new noise mode is one entry here.
-NOISE_MODES: dict[str, Callable[[int, int], int]] = {
-    "iid": lambda seed, index: seed + index,  # each tensor its own stream (the release's --seed_shift)
-    "correlated": lambda seed, index: seed,  # one stream re-seeded per tensor (the release's default)
-}
 NOISE_DTYPES = ("param", "float32")
 NOISE_CACHE = ("auto", "on", "off")  # es.noise_cache
 
@@ -39,19 +33,85 @@ def noise_dtype_for(param: torch.Tensor, noise_dtype: str) -> torch.dtype:
     raise ValueError(f"noise dtype {noise_dtype!r} is not one of {NOISE_DTYPES}")
 
 
+class SeededNoise:
+    """torch.randn from a generator seeded by a rule of (member seed, tensor index): the released code's noise.
+    Its bits depend on the device (CPU and each CUDA GPU model draw other noise: es_repro/es/fingerprint.py)."""
+
+    device_independent = False
+
+    def __init__(self, name: str, seed_rule: Callable[[int, int], int]):
+        self.name, self.seed_rule = name, seed_rule
+
+    def draw(self, like: torch.Tensor, index: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(self.seed_rule(seed, index))
+        return torch.randn(like.shape, generator=gen, dtype=dtype, device=like.device)
+
+    def identity(self) -> dict:
+        return {"mode": self.name}
+
+
+class TableNoise:
+    """Chunks of one shared table of normals at offsets from integers (es_repro/es/noise_table.py): the same bits
+    on every device, read at memory speed."""
+
+    device_independent = True
+
+    def __init__(self, values: int, chunk: int):
+        self.name, self.values, self.chunk = "table", values, chunk
+
+    def draw(self, like: torch.Tensor, index: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+        from es_repro.es.noise_table import table_noise
+
+        return table_noise(like.shape, index, seed, self.values, self.chunk, dtype, like.device)
+
+    def identity(self) -> dict:
+        """What run.json records of it: the settings and the table's hash (the same on every machine)."""
+        from es_repro.es.noise_table import host_table
+
+        return {"mode": self.name, "values": self.values, "chunk": self.chunk, "table_sha256": host_table(self.values)[1]}
+
+
+# es.noise -> its builder from the ES config (None: the schema's defaults). The one list of noise modes: every
+# engine's noise, the update's, replay's and the fingerprint's come from the entry a run names.
+NOISE_MODES: dict[str, Callable[..., SeededNoise | TableNoise]] = {
+    "iid": lambda es=None: SeededNoise("iid", lambda seed, index: seed + index),  # the release's --seed_shift
+    "correlated": lambda es=None: SeededNoise("correlated", lambda seed, index: seed),  # the release's default
+    "table": lambda es=None: TableNoise(*table_settings(es)),
+}
+
+
+def table_settings(es_cfg) -> tuple[int, int]:
+    if es_cfg is None:
+        from es_repro.config.schema import ESConfig
+
+        es_cfg = ESConfig()
+    return es_cfg.noise_table_values, es_cfg.noise_table_chunk
+
+
+def noise_mode(mode) -> SeededNoise | TableNoise:
+    """A noise mode from its name (the schema's default settings), an ES config (its es.noise and settings), or a
+    mode object (as it is)."""
+    if isinstance(mode, (SeededNoise, TableNoise)):
+        return mode
+    name, es_cfg = (mode, None) if isinstance(mode, str) else (mode.noise, mode)
+    builder = NOISE_MODES.get(name)
+    if builder is None:
+        raise ValueError(f"noise mode {name!r} is not one of: {', '.join(NOISE_MODES)}")
+    return builder(es_cfg)
+
+
 def tensor_seed(seed: int, index: int, mode: str) -> int:
-    """The generator seed of tensor ``index`` of a member with ``seed`` under es.noise=``mode``."""
-    rule = NOISE_MODES.get(mode)
-    if rule is None:
-        raise ValueError(f"noise mode {mode!r} is not one of: {', '.join(NOISE_MODES)}")
-    return rule(seed, index)
+    """The generator seed of tensor ``index`` of a member with ``seed`` under a seeded es.noise mode."""
+    rule = noise_mode(mode)
+    if not isinstance(rule, SeededNoise):
+        raise ValueError(f"es.noise={rule.name} draws no seeded generator")
+    return rule.seed_rule(seed, index)
 
 
-def tensor_noise(param: torch.Tensor, index: int, seed: int, mode: str, noise_dtype: str = "param") -> torch.Tensor:
-    """The noise eps for tensor ``index`` of a member with ``seed``."""
-    gen = torch.Generator(device=param.device)
-    gen.manual_seed(tensor_seed(seed, index, mode))
-    return torch.randn(param.shape, generator=gen, dtype=noise_dtype_for(param, noise_dtype), device=param.device)
+def tensor_noise(param: torch.Tensor, index: int, seed: int, mode, noise_dtype: str = "param") -> torch.Tensor:
+    """The noise eps for tensor ``index`` of a member with ``seed`` (``mode``: a name, an ES config or a mode)."""
+    return noise_mode(mode).draw(param, index, seed, noise_dtype_for(param, noise_dtype))
 
 
 def available_memory_bytes() -> int:
@@ -65,16 +125,18 @@ def available_memory_bytes() -> int:
     return 0
 
 
-def keep_noise_for_update(setting: str, params: Sequence[torch.Tensor], noise_dtype: str, seeds: int) -> bool:
+def keep_noise_for_update(setting: str, params: Sequence[torch.Tensor], noise_dtype: str, seeds: int,
+                          mode=None) -> bool:
     """es.noise_cache: whether every member's noise stays in memory from its perturbation to the update (the update
     then draws nothing: at small shapes on CPU the redraw cost as much as the generation). auto: on for a CPU
     model when the generation's noise (one model-size per seed) takes at most a quarter of the available memory;
-    off on CUDA, where the draw is fast and memory is the KV cache's."""
+    off on CUDA, where the draw is fast and memory is the KV cache's, and off for es.noise=table, whose reads are
+    as fast as a kept copy's."""
     if setting not in NOISE_CACHE:
         raise ValueError(f"es.noise_cache={setting!r} is not one of {NOISE_CACHE}")
     if setting != "auto":
         return setting == "on"
-    if params[0].device.type != "cpu":
+    if params[0].device.type != "cpu" or (mode is not None and noise_mode(mode).device_independent):
         return False
     per_seed = sum(p.numel() * noise_dtype_for(p, noise_dtype).itemsize for p in params)
     return per_seed * seeds <= available_memory_bytes() // 4

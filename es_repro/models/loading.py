@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from es_repro.config.schema import ModelConfig
 from es_repro.util.errors import UserError
-from es_repro.util.files import temp_path
+from es_repro.util.files import cache_root, temp_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,11 +75,6 @@ def resolve_dtype(name: str, device: torch.device, training: bool = False) -> to
             return torch.bfloat16
         return torch.bfloat16 if not training and cpu_has_native_bf16() else torch.float32
     return DTYPES[name]
-
-
-def cache_root() -> Path:
-    """Where converted checkpoints live: $ES_REPRO_CACHE, else ~/.cache/es-repro."""
-    return Path(os.environ.get("ES_REPRO_CACHE", Path.home() / ".cache" / "es-repro"))
 
 
 def gguf_checkpoint(package: str, gguf_file: str) -> Path:

@@ -46,3 +46,8 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints and noise tables live: $ES_REPRO_CACHE, else ~/.cache/es-repro."""
+    return Path(os.environ.get("ES_REPRO_CACHE", Path.home() / ".cache" / "es-repro"))

@@ -4,6 +4,7 @@ suite cannot see.
   rank and low rank; a momentum run resumed from its checkpoint equal to one that continued;
 - QES codes on the GPU: integer-exact restore, an update with a CPU-drawn initial residual;
 - the compiled decode (CUDA graphs) equal to eager under in-place weight changes;
+- es.noise=table: CUDA reads the same noise as the CPU, bit for bit;
 - the roofline model on a real, weight-bound generation: the achieved time is never below the hardware limit and
   within 10x of it."""
 from __future__ import annotations
@@ -192,3 +193,18 @@ def test_a_real_generation_takes_between_one_and_ten_times_its_roofline():
     bound = generation_limit_s(shape, batch=b, width=w, steps=t, bytes_per_value=2, bandwidth=limits[0],
                                peak_flops=limits[1])
     assert bound <= elapsed <= 10 * bound, f"{elapsed:.4f} s against a bound of {bound:.4f} s"
+
+
+def test_cuda_reads_the_noise_table_bit_for_bit_as_the_cpu_does():
+    """es.noise=table: the same offsets and the same table bytes on CUDA, so a member's noise (and with it the noise
+    fingerprint) is the CPU's bit for bit, in fp32 and rounded to bf16 (es_repro/es/noise_table.py)."""
+    from es_repro.es import fingerprint
+    from es_repro.es.noise import TableNoise
+
+    mode = TableNoise(1 << 26, 4096)
+    for dtype in (torch.float32, torch.bfloat16):
+        cpu_like, cuda_like = torch.zeros(1536, 960, dtype=dtype), torch.zeros(1536, 960, dtype=dtype, device=CUDA)
+        for index, seed in ((0, 1), (17, 123456789)):
+            assert torch.equal(tensor_noise(cuda_like, index, seed, mode).cpu(), tensor_noise(cpu_like, index, seed, mode))
+        assert fingerprint.noise_fingerprint(CUDA, dtype, mode, "param") == \
+            fingerprint.noise_fingerprint(torch.device("cpu"), dtype, mode, "param")

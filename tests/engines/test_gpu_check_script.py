@@ -52,7 +52,7 @@ def test_the_gpu_check_script_writes_every_section_of_its_report(tmp_path):
     for heading in ("## Device and noise fingerprints", "## gpu-marked tests", "## Benchmark:", "## Members in flight"):
         assert heading in text, heading
     assert '"bfloat16/param": "' in text  # the fingerprints were drawn
-    assert "7 skipped" in text  # the gpu tests were collected (and skip without CUDA)
+    assert "8 skipped" in text  # the gpu tests were collected (and skip without CUDA)
     assert "| default | float32 |" in text and "| inflight x2 | float32 |" in text  # both benchmark rows ran
 
 

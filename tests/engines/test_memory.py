@@ -160,3 +160,12 @@ def test_a_cuda_launch_plans_with_the_cards_size_before_anything_loads(monkeypat
         cli.fit_on_the_gpu(cfg, 1)
     card.total_memory = 80 * GIB
     assert cli.fit_on_the_gpu(cfg, 1).es.master_device == "cpu"
+
+
+def test_the_noise_table_is_counted_on_every_gpu():
+    cfg = compose_config(["experiment=table1", "model=qwen2.5-1.5b-instruct", "es.noise=table",
+                          "es.noise_table_values=1048576"])
+    plan = memory.plan_memory(cfg, memory.model_shape(cfg.model), 80 * GIB)
+    assert dict((n, b) for n, b, _ in plan.rows)["noise table"] == 1048576 * 4
+    assert "noise table" not in dict((n, b) for n, b, _ in memory.plan_memory(
+        compose_config(["experiment=table1", "model=qwen2.5-1.5b-instruct"]), memory.model_shape(cfg.model), 80 * GIB).rows)

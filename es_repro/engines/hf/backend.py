@@ -23,7 +23,7 @@ from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
 from es_repro.engines.lowrank import LowRankESWeights
 from es_repro.engines.weights import ESWeights, unique_parameters
-from es_repro.es.noise import keep_noise_for_update
+from es_repro.es.noise import keep_noise_for_update, noise_mode
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import build_update_rule
 from es_repro.tasks.base import Row, Task
@@ -167,8 +167,9 @@ def make_weights(model, es_cfg) -> ESWeights:
     if es_cfg.lowrank:
         return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule, master_device=es_cfg.master_device)
     seeds = es_cfg.population // 2 if es_cfg.antithetic else es_cfg.population
-    keep = keep_noise_for_update(es_cfg.noise_cache, [p for _, p in unique_parameters(model)], es_cfg.noise_dtype, seeds)
-    return ESWeights(model, es_cfg.noise, es_cfg.noise_dtype, rule, master_device=es_cfg.master_device,
+    keep = keep_noise_for_update(es_cfg.noise_cache, [p for _, p in unique_parameters(model)], es_cfg.noise_dtype, seeds,
+                                 es_cfg)
+    return ESWeights(model, noise_mode(es_cfg), es_cfg.noise_dtype, rule, master_device=es_cfg.master_device,
                      keep_for_update=keep)
 
 

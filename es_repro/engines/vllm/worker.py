@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from es_repro.config.schema import es_config_from_dict
 from es_repro.engines.master import MODEL_FILE, Master
 from es_repro.engines.weights import cast_to, master_copy
+from es_repro.es.noise import noise_mode
 from es_repro.es.update_rules import build_update_rule
 from es_repro.models.loading import DTYPES
 
@@ -184,7 +185,7 @@ class ESWorkerExtension:
         torch_dtype, device = DTYPES[dtype], torch.device(self.device)
         names, master = hf_master(model_dir, torch_dtype, device, es.master_device)
         install_reload_filter(self.model_runner.get_model())
-        self._es_master = EngineMaster(names, master, torch_dtype, es.noise, es.noise_dtype, build_update_rule(es),
+        self._es_master = EngineMaster(names, master, torch_dtype, noise_mode(es), es.noise_dtype, build_update_rule(es),
                                        self._es_writer("reload"), device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded
         return device.type

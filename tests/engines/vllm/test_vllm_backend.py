@@ -540,3 +540,23 @@ def test_a_new_update_rule_setting_reaches_the_vllm_worker_without_editing_it(fa
     rule = fake.LLM.last.worker._es_master.rule
     assert (rule.scale, rule.decay) == (7 * 0.25, 0.125)
     assert update_rules.build_update_rule(cfg.es).scale == rule.scale  # the driver's rule, built by the same function
+
+
+def test_the_engine_reads_the_noise_table_as_the_hf_backend_does(fake):
+    """es.noise=table reaches the workers with its settings (the whole ES section), and their weights after a
+    perturbation and an update equal the HF backend's bit for bit."""
+    from es_repro.es.noise import TableNoise
+
+    hf, vb, _, _ = _pair(["es.noise=table", "es.noise_table_values=65536", "es.noise_table_chunk=256",
+                          "model.dtype=float32"])
+    engine = fake.LLM.last
+    mode = engine.worker._es_master.noise_mode
+    assert isinstance(mode, TableNoise) and (mode.values, mode.chunk) == (65536, 256)
+    hf.weights.perturb(3, 0.02)
+    vb._write("es_perturb", 3, 0.02)
+    _same_weights(hf, engine.model)
+    hf.weights.restore()
+    vb._write("es_restore")
+    hf.apply_update([(5, 0.3)])
+    vb.apply_update([(5, 0.3)])
+    _same_weights(hf, engine.model)

@@ -52,6 +52,7 @@ from es_repro.config.load import to_run_config
 from es_repro.engines.base import build_backend
 from es_repro.engines.hf.backend import HFBackend
 from es_repro.engines.hf.generation import HFGenerator
+from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
 from es_repro.models.loading import load_model
 from es_repro.tasks import task_from_config
@@ -329,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
             backend.generate(task.train_rows)
         else:
             backend.generate(task.train_rows[:1], max_new_tokens=2)
+        if isinstance(getattr(backend, "weights", None), ESWeights):  # es.noise=table: the table is read in once per
+            backend.weights.draw(0, 0)  # process (a run does it at its noise fingerprint, before training)
         r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
                                                           limits=limits)
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0

@@ -50,7 +50,7 @@ class Master:
         like = self.like[i]
         delta = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
         for seed, coeff in seed_coeffs:
-            delta.add_(self.noise(i, seed).to(torch.float32), alpha=coeff)
+            delta.add_(self.noise(i, seed), alpha=coeff)  # a bf16 noise is widened inside the add (exact), no copy
         return delta
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import torch
 
 from es_repro.engines.master import Master
+from es_repro.es.noise import noise_mode
 from es_repro.es.update_rules import SGD
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class ESWeights(Master):
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, keep_noise: bool = False) -> None:
-        """theta_working += scale * eps(seed), the product rounded to the noise dtype first (as released).
+        """theta_working += scale * eps(seed) in the noise mode's arithmetic (iid/correlated: the product rounded to
+        the noise dtype first, as released; table: rounded once).
         keep_noise: hold eps(seed) for the next call with the same seed (the mirrored member of an antithetic
         pair), so a pair draws its noise once (same bits; one model-size copy of noise held in between)."""
         kept = self.kept.get(seed)
@@ -94,9 +96,13 @@ class ESWeights(Master):
             self.kept.clear()  # a pair's held noise lives until its mirrored member, never longer
         keep = kept is None and (keep_noise or self.keep_for_update)
         noises = []
+        add_scaled = noise_mode(self.noise_mode).add_scaled  # the mode's arithmetic (the release's for iid/correlated)
         for i, p in enumerate(self.params):
+            if kept is None and not keep:  # a fresh draw nobody else holds
+                add_scaled(p, self.draw(i, seed), scale, fresh=True)
+                continue
             eps = kept[i] if kept is not None else self.draw(i, seed)
-            p.add_(scale * eps)
+            add_scaled(p, eps, scale)
             if keep:
                 noises.append(eps)
         if keep:

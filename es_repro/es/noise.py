@@ -50,6 +50,12 @@ class SeededNoise:
     def identity(self) -> dict:
         return {"mode": self.name}
 
+    @staticmethod
+    def add_scaled(dst: torch.Tensor, eps: torch.Tensor, scale: float, fresh: bool = False) -> None:
+        """dst += scale * eps as the released code does it: the product rounded to eps's dtype, then the sum
+        (``fresh``: eps is a draw nobody else holds, scaled in place: the same bits without a temporary)."""
+        dst.add_(eps.mul_(scale) if fresh else scale * eps)
+
 
 class TableNoise:
     """Chunks of one shared table of normals at offsets from integers (es_repro/es/noise_table.py): the same bits
@@ -64,6 +70,11 @@ class TableNoise:
         from es_repro.es.noise_table import table_noise
 
         return table_noise(like.shape, index, seed, self.values, self.chunk, dtype, like.device)
+
+    @staticmethod
+    def add_scaled(dst: torch.Tensor, eps: torch.Tensor, scale: float, fresh: bool = False) -> None:
+        """dst += scale * eps rounded once (no release to match): one pass over dst instead of two."""
+        dst.add_(eps, alpha=scale)
 
     def identity(self) -> dict:
         """What run.json records of it: the settings and the table's hash (the same on every machine)."""

@@ -113,8 +113,10 @@ def host_table(values: int) -> tuple[np.ndarray, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def device_table(values: int, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(host_table(values)[0]).to(device)
+def device_table(values: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The table on ``device``, rounded to ``dtype`` once (a bf16 model reads half the bytes; rounding is elementwise,
+    so a chunk of the rounded table is the rounded chunk)."""
+    return torch.from_numpy(host_table(values)[0]).to(device=device, dtype=dtype)
 
 
 def chunk_offsets(seed: int, index: int, chunks: int, values: int, chunk: int) -> np.ndarray:
@@ -131,8 +133,8 @@ def table_noise(shape: torch.Size | tuple, index: int, seed: int, values: int, c
     """The noise of tensor ``index`` of a member with ``seed``: chunks of the table at integer-derived offsets."""
     numel = int(np.prod(shape)) if len(shape) else 1
     chunks = -(-numel // chunk)
-    table = device_table(values, torch.device(device))
+    table = device_table(values, torch.device(device), dtype)
     offsets = torch.from_numpy(chunk_offsets(seed, index, chunks, values, chunk)).to(table.device)
     windows = table.unfold(0, chunk, 1)  # a view: row o is table[o : o + chunk]
     flat = windows[offsets].reshape(-1)[:numel]  # advanced indexing: a plain copy (index_select is ~3x slower here)
-    return flat.reshape(shape).to(dtype)
+    return flat.reshape(shape)

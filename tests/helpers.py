@@ -5,7 +5,8 @@ from es_repro.config import RunConfig, compose, compose_config
 
 # A tiny-random ES run on the synthetic task: seconds on CPU.
 TINY = ["model=tiny-random", "task=synthetic", "es.population=6", "es.generations=4", "es.sigma=0.03",
-        "es.alpha=0.03", "eval.every=0", "eval.kl_prompts=2", "progress=false"]
+        "es.alpha=0.03", "eval.every=0", "eval.kl_prompts=2", "progress=false",
+        "es.noise_table_values=1048576", "es.noise_table_chunk=1024"]  # a 4 MiB table: built in a blink
 
 
 def compose_cfg(overrides: list[str]):

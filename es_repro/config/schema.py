@@ -64,7 +64,7 @@ class ESConfig:
     sigma: float = 1e-3  # perturbation scale (paper: 0.001)
     alpha: float = 5e-4  # step size; update = alpha * mean_n(z_n * eps_n), sigma folded in (no 1/sigma)
     generations: int = 500  # T, iterations (paper: 500 for Countdown)
-    noise: str = "iid"  # iid: tensor i seeded with seed+i | correlated: the paper's released code (same seed per tensor) | table: chunks of a shared noise table, the same on every device (es_repro/es/noise_table.py)
+    noise: str = "table"  # table: chunks of a shared noise table, the same on every device (es_repro/es/noise_table.py) | iid: torch.randn, tensor i seeded with seed+i (the released code's --seed_shift) | correlated: the released code's default (same seed per tensor)
     noise_table_values: int = 1 << 26  # es.noise=table: normals in the table (2^26 float32 = 256 MiB on each device)
     noise_table_chunk: int = 4096  # es.noise=table: values read from one offset
     antithetic: bool = False  # mirrored pairs (+eps, -eps) sharing one seed; population must be even

@@ -2,7 +2,8 @@
 
 Member m perturbs every weight matrix W (each nn.Linear and nn.Embedding weight; vectors such as norms are
 left alone) by  sign_m * sigma * E_m,  E_m = A_m B_m^T / sqrt(r),  A_m ~ N(0,1)^{out x r}, B_m ~ N(0,1)^{in x r},
-drawn from a generator seeded with (member seed + tensor index). Entries of E_m have unit variance like the
+drawn from a generator seeded with (member seed + tensor index) (es.noise=iid), or read from the shared noise
+table as one (out + in) x r noise of tensor index (es.noise=table: the same factors on every device). Entries of E_m have unit variance like the
 full-rank noise. Because the perturbation is low-rank, it never has to be written into W: forward hooks add
 sign*sigma/sqrt(r) * (x B_m) A_m^T to each layer's output, so k members share ONE batched forward (rows
 grouped member by member) instead of k separate passes. The update W += sum_m coeff_m E_m is one matmul.
@@ -20,13 +21,17 @@ import torch
 from torch import nn
 
 from es_repro.engines.weights import ESWeights
-from es_repro.es.noise import tensor_seed
+from es_repro.es.noise import TableNoise, noise_mode, tensor_noise, tensor_seed
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import SGD
 
 
-def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int, mode="iid") -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) with A: (rows, r), B: (cols, r), float32, on the weight's device."""
+    rows, cols = weight.shape
+    if isinstance(noise_mode(mode), TableNoise):  # A then B, read as one tensor's noise
+        flat = tensor_noise(torch.empty((rows + cols) * rank, device=weight.device), index, seed, mode, "float32")
+        return flat[:rows * rank].view(rows, rank), flat[rows * rank:].view(cols, rank)
     gen = torch.Generator(device=weight.device)
     gen.manual_seed(tensor_seed(seed, index, "iid"))  # low-rank factors are always i.i.d. per tensor
     a = torch.randn(weight.shape[0], rank, generator=gen, dtype=torch.float32, device=weight.device)
@@ -37,8 +42,9 @@ def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int) -> t
 class LowRankESWeights(ESWeights):
     """ESWeights whose members are low-rank and evaluated together; updates still accumulate in fp32."""
 
-    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None, master_device: str = "auto"):
-        super().__init__(model, noise_mode="iid", noise_dtype="float32", rule=rule, master_device=master_device)
+    def __init__(self, model: nn.Module, rank: int = 1, rule: SGD | None = None, master_device: str = "auto",
+                 noise="iid"):
+        super().__init__(model, noise_mode=noise, noise_dtype="float32", rule=rule, master_device=master_device)
         self.rank = rank
         index_of = {id(p): i for i, p in enumerate(self.params)}
         # Every module that uses a weight matrix, with that matrix's index (a tied weight has two users).
@@ -54,7 +60,7 @@ class LowRankESWeights(ESWeights):
         factors = {}
         for i in self.matrix_ids:
             p = self.params[i]
-            pairs = [lowrank_factors(p, i, m.seed, self.rank) for m in members]
+            pairs = [lowrank_factors(p, i, m.seed, self.rank, self.noise_mode) for m in members]
             # the hooks run in the model's dtype (no fp32 round trip of bf16 activations), with the member's
             # scale folded into A: two batched matmuls per layer and no other op
             a = (torch.stack([a for a, _ in pairs]) * scale.to(p.device)[:, None, None]).to(p.dtype)
@@ -82,7 +88,7 @@ class LowRankESWeights(ESWeights):
             p, m = self.params[i], self.master[i]
             delta = torch.zeros(m.shape, dtype=torch.float32, device=p.device)  # the factors' device, not the master's
             if seed_coeffs:
-                pairs = [lowrank_factors(p, i, seed, self.rank) for seed, _ in seed_coeffs]
+                pairs = [lowrank_factors(p, i, seed, self.rank, self.noise_mode) for seed, _ in seed_coeffs]
                 a = torch.cat([a * (c / math.sqrt(self.rank)) for (a, _), (_, c) in zip(pairs, seed_coeffs)], dim=1)
                 b = torch.cat([b for _, b in pairs], dim=1)
                 delta.addmm_(a, b.T)

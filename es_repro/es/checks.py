@@ -36,5 +36,6 @@ def check(cfg) -> None:
     positive("es.prompts_per_generation", es.prompts_per_generation, allow_zero=True)
     positive("es.lowrank", es.lowrank, allow_zero=True)
     positive("es.members_per_forward", es.members_per_forward)
-    if es.lowrank and es.noise != "iid":
-        raise ConfigError(f"es.noise={es.noise} cannot be combined with es.lowrank={es.lowrank}; low-rank factors are always i.i.d. (use es.noise=iid)")
+    if es.lowrank and es.noise == "correlated":
+        raise ConfigError(f"es.noise=correlated cannot be combined with es.lowrank={es.lowrank}; low-rank factors are "
+                          f"drawn per tensor (use es.noise=iid or table)")

@@ -15,9 +15,6 @@ def check(cfg) -> None:
         raise ConfigError(f"es.population={es.population} must be even when es.update=qes (mirrored pairs)")
     if es.lowrank:
         raise ConfigError(f"es.lowrank={es.lowrank} cannot be combined with es.update=qes (integer codes are perturbed in full)")
-    if es.noise == "table":
-        raise ConfigError("es.noise=table cannot be combined with es.update=qes (its integer steps round with a seeded "
-                          "generator); use es.noise=iid or correlated")
     if es.decay:
         raise ConfigError(f"es.decay={es.decay} is not used by es.update=qes; set es.decay=0")
     if es.fitness != "zscore":
@@ -31,4 +28,6 @@ def check(cfg) -> None:
     one_of("es.qes.init_residual", q.init_residual, INIT_RESIDUALS)
     one_of("es.qes.bits", q.bits, BITS)
     positive("es.qes.group_size", q.group_size)
-
+    if es.noise == "table":
+        raise ConfigError("es.noise=table cannot be combined with es.update=qes (its integer steps round with a seeded "
+                          "generator); use es.noise=iid or correlated")

@@ -18,7 +18,7 @@ def test_defaults_are_the_papers_countdown_settings():
     cfg = to_run_config(compose_cfg([]))
     assert (cfg.es.population, cfg.es.sigma, cfg.es.alpha, cfg.es.generations) == (30, 0.001, 0.0005, 500)
     assert (cfg.task.name, cfg.task.train_size, cfg.task.eval_size, cfg.task.max_new_tokens) == ("countdown", 200, 2000, 1024)
-    assert cfg.es.noise == "iid" and cfg.model.name == "smollm2-135m"
+    assert cfg.es.noise == "table" and cfg.model.name == "smollm2-135m"  # the shared table (results/quickstart_noise/)
 
 
 def test_unknown_model_lists_available_options():

@@ -155,8 +155,9 @@ def test_a_factory_that_states_nothing_gets_the_seams_defaults():
     assert Backend.devices_per_process(make_cfg(FAKE)) == 1
 
 
-@pytest.mark.parametrize("overrides, engine", [([], "hf"), (["es.update=qes"], "qes"), (["generation.backend=vllm"], "vllm"),
-                                               (["generation.backend=qes", "es.update=qes"], "qes")])
+@pytest.mark.parametrize("overrides, engine", [([], "hf"), (["es.update=qes", "es.noise=iid"], "qes"),
+                                               (["generation.backend=vllm"], "vllm"),
+                                               (["generation.backend=qes", "es.update=qes", "es.noise=iid"], "qes")])
 def test_one_function_names_the_engine_a_run_uses(overrides, engine):
     from es_repro.engines.base import engine_name
 

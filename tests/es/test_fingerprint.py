@@ -73,7 +73,7 @@ def test_two_processes_compare_their_noise_and_both_refuse_a_mismatch(tmp_path):
 
 
 def test_run_json_records_the_fingerprint_and_a_resume_with_other_noise_is_refused(tmp_path):
-    run_es(make_cfg(["es.generations=2", "checkpoint_every=1", "eval.kl_samples=0"]), tmp_path)
+    run_es(make_cfg(["es.noise=iid", "es.generations=2", "checkpoint_every=1", "eval.kl_samples=0"]), tmp_path)
     noise = RunLog(tmp_path).info()["noise"]
     assert noise["fingerprint"] == fingerprint.noise_fingerprint(torch.device("cpu"), torch.float32, "iid", "param")
     assert noise["device"] == "cpu" and noise["torch"] == torch.__version__ and noise["name"]
@@ -82,7 +82,7 @@ def test_run_json_records_the_fingerprint_and_a_resume_with_other_noise_is_refus
     info["noise"].update(fingerprint="feedfacefeedface", name="NVIDIA A100-SXM4-80GB", sm_count=108)
     info["status"] = "failed"  # killed before its end: a relaunch resumes it
     (tmp_path / "run.json").write_text(json.dumps(info))
-    more = ["es.generations=4", "checkpoint_every=1", "eval.kl_samples=0"]
+    more = ["es.noise=iid", "es.generations=4", "checkpoint_every=1", "eval.kl_samples=0"]
     with pytest.raises(RunStateError, match="noise fingerprint feedfacefeedface on NVIDIA A100-SXM4-80GB"):
         run_es(make_cfg(more), tmp_path)
     assert [r["generation"] for r in RunLog(tmp_path).records("train")] == [1, 2]  # nothing trained over
@@ -102,7 +102,7 @@ def test_replay_refuses_other_noise_in_one_line_naming_both_devices_unless_allow
     from es_repro.run.replay import main as replay_main
 
     run, here = tmp_path / "run", fingerprint.noise_fingerprint(torch.device("cpu"), torch.float32, "iid", "param")
-    run_es(make_cfg(["es.generations=2", "eval.kl_samples=0"]), run)
+    run_es(make_cfg(["es.noise=iid", "es.generations=2", "eval.kl_samples=0"]), run)
     assert replay_main([str(run), "--out", str(tmp_path / "same")]) == 0  # same device: replays
     info = json.loads((run / "run.json").read_text())
     info["noise"].update(fingerprint="feedfacefeedface", name="NVIDIA A100-SXM4-80GB", sm_count=108)

@@ -146,3 +146,19 @@ def test_a_table_run_records_its_table_resumes_anywhere_and_replay_checks_the_id
     assert err[0].endswith("accept the change with --allow-noise-change")
     assert replay_main([str(run), "--out", str(tmp_path / "allowed"), "--allow-noise-change"]) == 0
     assert RunLog(run).info()["noise"]["table"]["table_sha256"] == "0123456789abcdef"  # replay writes no run.json
+
+
+def test_low_rank_factors_are_read_from_the_table():
+    """es.lowrank with es.noise=table: A then B are one (out + in) x r noise of the tensor, read from the table."""
+    from es_repro.engines.lowrank import LowRankESWeights, lowrank_factors
+
+    mode, w = TableNoise(1 << 16, 256), torch.zeros(7, 5)
+    a, b = lowrank_factors(w, 3, 11, 2, mode)
+    flat = tensor_noise(torch.zeros(24), 3, 11, mode, "float32")
+    assert torch.equal(a, flat[:14].view(7, 2)) and torch.equal(b, flat[14:].view(5, 2))
+    assert not torch.equal(a, lowrank_factors(w, 3, 11, 2, "iid")[0])
+    cfg = make_cfg(SMALL + ["es.lowrank=1"])
+    backend = build(cfg, task_from_config(cfg.task))
+    assert isinstance(backend.weights, LowRankESWeights) and backend.weights.noise_mode.name == "table"
+    with pytest.raises(ConfigError, match="es.noise=correlated cannot be combined with es.lowrank=1"):
+        make_cfg(["es.noise=correlated", "es.lowrank=1"])

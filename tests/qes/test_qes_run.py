@@ -16,7 +16,7 @@ from es_repro.run.replay import main as replay_main
 from es_repro.train import run_es
 from tests.helpers import make_cfg
 
-QES = ["es.update=qes", "es.sigma=0.5", "es.alpha=0.2", "es.generations=5", "checkpoint_every=2", "eval.kl_samples=0"]
+QES = ["es.update=qes", "es.noise=iid", "es.sigma=0.5", "es.alpha=0.2", "es.generations=5", "checkpoint_every=2", "eval.kl_samples=0"]
 
 
 def _codes(path):

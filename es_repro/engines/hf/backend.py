@@ -165,7 +165,8 @@ def make_weights(model, es_cfg) -> ESWeights:
     """The ES view of a model for an ESConfig: full-rank noise (default) or low-rank population mode."""
     rule = build_update_rule(es_cfg)
     if es_cfg.lowrank:
-        return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule, master_device=es_cfg.master_device)
+        return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule, master_device=es_cfg.master_device,
+                                noise=noise_mode(es_cfg))
     seeds = es_cfg.population // 2 if es_cfg.antithetic else es_cfg.population
     keep = keep_noise_for_update(es_cfg.noise_cache, [p for _, p in unique_parameters(model)], es_cfg.noise_dtype, seeds,
                                  es_cfg)

@@ -1,9 +1,12 @@
 """The engine seam: a Backend owns a model's weights AND its generation, and is the only thing the ES loop, the
 evaluator, replay/resume, the RL baselines' evaluation and the benchmark talk to.
 
-A new engine is one module with a Backend subclass and a factory ``build(cfg: RunConfig, task: Task) -> Backend``,
-plus one entry in BACKENDS (or, without editing this file, ``generation.backend=package.module:factory``). The HF
-backend (es_repro/engines/hf/backend.py) is the reference implementation; low-rank population mode is a variant.
+A new engine is one module with a Backend subclass and a factory ``build(cfg: RunConfig, task: Task) -> Backend``
+marked ``@builds(TheBackend)``, plus one entry in BACKENDS (or, without editing this file,
+``generation.backend=package.module:factory``). What the engine is before it loads (its config checks, preflight,
+devices per process, memory-plan terms, the update rules it runs) lives on its class, so no caller names an
+engine. The HF backend (es_repro/engines/hf/backend.py) is the reference implementation; low-rank population mode
+is a variant.
 
 What a backend promises:
 - ``fitness`` perturbs, generates greedily, scores and restores inside: the weights after the call equal the
@@ -55,6 +58,7 @@ class Backend:
 
     name = "backend"
     update_rules: tuple[str, ...] = ("sgd", "momentum")  # the es.update values it runs (es_repro/es/update_rules.py)
+    memory_plan: Any = None  # a module with memory_terms(cfg, shape, gpu_bytes, sharing) and memory_levers(cfg)
     keep_reference = True  # eval.keep_base_model: keep the base model (for KL) loaded between evaluations
     generated_tokens: int = 0  # running count of generated tokens, for throughput reports
     tokenizer: Any = None
@@ -84,12 +88,14 @@ class Backend:
     def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int) -> EngineMemory:
         """The engine's own terms of the per-GPU memory plan of a model of ``shape`` (es_repro/engines/memory.py
         ModelShape) on GPUs of ``gpu_bytes``, ``sharing`` processes to a GPU."""
+        if cls.memory_plan is not None:
+            return cls.memory_plan.memory_terms(cfg, shape, gpu_bytes, sharing)
         return EngineMemory(weights=[("engine terms", 0, f"not stated by the {cls.name} engine")])
 
     @classmethod
     def memory_levers(cls, cfg) -> list[str]:
         """Settings of this engine that shrink its terms, most effective first."""
-        return []
+        return cls.memory_plan.memory_levers(cfg) if cls.memory_plan is not None else []
 
     # run.json and the generation log --------------------------------------------------------------------------
     def describe(self) -> dict:

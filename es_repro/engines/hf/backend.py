@@ -32,20 +32,13 @@ from es_repro.util.timing import Timer
 
 class HFBackend(Backend):
     name = "hf"
+    memory_plan = memory  # es_repro/engines/hf/memory.py
     reuse_pair_noise = True  # es.reuse_pair_noise: a mirrored pair draws its noise once (ESWeights.perturb)
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, generator: HFGenerator,
                  weights: ESWeights | None = None, reference: Callable[[], PreTrainedModel] | None = None):
         super().__init__(reference)
         self.model, self.tokenizer, self.generator, self.weights = model, tokenizer, generator, weights
-
-    @classmethod
-    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int):
-        return memory.memory_terms(cfg, shape, gpu_bytes, sharing)
-
-    @classmethod
-    def memory_levers(cls, cfg) -> list[str]:
-        return memory.memory_levers(cfg)
 
     def describe(self) -> dict:
         """Generation settings that change greedy outputs, for run.json."""

@@ -51,6 +51,7 @@ class PrefixCacheResetFailed(RuntimeError):
 
 class VLLMBackend(Backend):
     name = "vllm"
+    memory_plan = memory  # es_repro/engines/vllm/memory.py
 
     def __init__(self, llm, tokenizer, *, model_dir: str, prompt_format: str, max_new_tokens: int,
                  stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
@@ -78,14 +79,6 @@ class VLLMBackend(Backend):
     @classmethod
     def devices_per_process(cls, cfg) -> int:
         return cfg.generation.vllm.tensor_parallel_size  # one engine spans its tensor-parallel group
-
-    @classmethod
-    def memory_terms(cls, cfg, shape, gpu_bytes: int, sharing: int):
-        return memory.memory_terms(cfg, shape, gpu_bytes, sharing)
-
-    @classmethod
-    def memory_levers(cls, cfg) -> list[str]:
-        return memory.memory_levers(cfg)
 
     def describe(self) -> dict:
         return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}

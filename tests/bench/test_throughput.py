@@ -12,6 +12,7 @@ from es_repro.bench import throughput as bench
 from es_repro.engines.hf.backend import HFBackend, make_generator
 from es_repro.engines.weights import ESWeights
 from es_repro.es import strategy as es
+from es_repro.es.noise import noise_mode
 from es_repro.models.loading import load_model
 from es_repro.tasks import task_from_config
 from es_repro.tasks.base import score
@@ -22,7 +23,7 @@ def _setup(overrides=()):
     cfg = make_cfg(["task.train_size=3", "task.max_new_tokens=5", *overrides])
     task = task_from_config(cfg.task, eval_size=1)
     model, tokenizer = load_model(cfg.model)
-    return cfg, task, HFBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), ESWeights(model, cfg.es.noise))
+    return cfg, task, HFBackend(model, tokenizer, make_generator(cfg, task, model, tokenizer), ESWeights(model, noise_mode(cfg.es)))
 
 
 class KnownCostBackend:
@@ -91,7 +92,7 @@ def test_timed_members_still_apply_the_full_update():
     # Redo by hand: the two timed members' rewards, reused cyclically for all N members, one update.
     members = es.ask(cfg.seed, 0, cfg.es.population, cfg.es.antithetic)
     ref_model, ref_tokenizer = load_model(cfg.model)
-    ref, ref_generator = ESWeights(ref_model, cfg.es.noise), make_generator(cfg, task, ref_model, ref_tokenizer)
+    ref, ref_generator = ESWeights(ref_model, noise_mode(cfg.es)), make_generator(cfg, task, ref_model, ref_tokenizer)
     rewards = []
     for m in members[:2]:
         ref.perturb(m.seed, m.sign * cfg.es.sigma)

@@ -1,19 +1,22 @@
-"""Seeded Gaussian noise for a list of parameter tensors, regenerated on demand from (seed, tensor index).
+"""Gaussian noise for a list of parameter tensors, regenerated on demand from (seed, tensor index).
 
-Two modes, both as the authors' released Countdown script draws them:
-- ``iid`` (default): tensor i draws from its own generator seeded with ``seed + i`` (the script's
+Three modes (NOISE_MODES, built from the ES config):
+- ``table`` (default for new runs): chunks of one shared table of normals at offsets computed from (seed, index)
+  (es_repro/es/noise_table.py): the same bits on every device, read at memory speed.
+- ``iid``: tensor i draws torch.randn from its own generator seeded with ``seed + i`` (the released script's
   ``--seed_shift``, the convention of the authors' later scripts). Noises of different tensors are independent.
-- ``correlated``: one generator re-seeded with the member's seed for EVERY tensor (the script's default, which
-  produced the paper's published numbers). Tensors of the same shape get the same noise.
-Two draw precisions (``es.noise_dtype``): ``param`` draws ``torch.randn`` in the parameter's dtype, as the
-released script does (bf16 noise for a bf16 model; the default, so bf16 runs reproduce the release); ``float32``
-draws in fp32 whatever the model's dtype. For an fp32 model the two are the same.
-Noise depends on the device type (CPU and CUDA generators differ), as in the paper.
+- ``correlated``: one generator re-seeded with the member's seed for EVERY tensor (the released script's default,
+  which produced the paper's published numbers). Tensors of the same shape get the same noise.
+The generator modes match the release bit for bit (its arithmetic too: ``add_scaled``) and depend on the device
+type (CPU and CUDA generators differ), as in the paper. Two draw precisions (``es.noise_dtype``): ``param`` in the
+parameter's dtype, as the released script does (bf16 noise for a bf16 model); ``float32`` whatever the model's
+dtype. For an fp32 model the two are the same.
 
 Cost on CPU: a CPU generator fills its tensor on one thread, ~5 ns per value (one SmolLM2-135M member: ~0.75 s on
-a Zen 4 core), so es.noise_cache keeps each member's noise for the update instead of drawing it twice. (Drawing
-several tensors at once on Python threads gave the same bits ~1.5x faster, but the OpenMP teams of those threads
-then slowed every later decode step by 1.5-2x on a 2-core machine: measured, and left out.)
+a Zen 4 core), so es.noise_cache keeps each member's noise for the update instead of drawing it twice; the table
+reads a member in ~0.17 s (docs/speed.md). (Drawing several tensors at once on Python threads gave the same bits
+~1.5x faster, but the OpenMP teams of those threads then slowed every later decode step by 1.5-2x on a 2-core
+machine: measured, and left out.)
 """
 from __future__ import annotations
 

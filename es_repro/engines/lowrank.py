@@ -3,8 +3,8 @@
 Member m perturbs every weight matrix W (each nn.Linear and nn.Embedding weight; vectors such as norms are
 left alone) by  sign_m * sigma * E_m,  E_m = A_m B_m^T / sqrt(r),  A_m ~ N(0,1)^{out x r}, B_m ~ N(0,1)^{in x r},
 drawn from a generator seeded with (member seed + tensor index) (es.noise=iid), or read from the shared noise
-table as one (out + in) x r noise of tensor index (es.noise=table: the same factors on every device). Entries of E_m have unit variance like the
-full-rank noise. Because the perturbation is low-rank, it never has to be written into W: forward hooks add
+table as one (out + in) x r noise of tensor index (es.noise=table: the same factors on every device). Entries of
+E_m have unit variance like the full-rank noise. Because the perturbation is low-rank, it never has to be written into W: forward hooks add
 sign*sigma/sqrt(r) * (x B_m) A_m^T to each layer's output, so k members share ONE batched forward (rows
 grouped member by member) instead of k separate passes. The update W += sum_m coeff_m E_m is one matmul.
 Factors are drawn in fp32 and used in the model's dtype inside the forward (a bf16 model's members see factors

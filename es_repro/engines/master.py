@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from es_repro.es.noise import tensor_noise
+from es_repro.es.noise import noise_mode, tensor_noise
 from es_repro.es.update_rules import SGD
 
 MASTER_FILE, RULE_FILE, MODEL_FILE = "master.safetensors", "update_rule.safetensors", "model.safetensors"
@@ -25,10 +25,10 @@ class Master:
     """names[i], master[i] (fp32) and like[i]: the working tensor of index i, or anything with its shape, dtype
     and device (the noise is drawn for it, as the release draws it for the parameter)."""
 
-    def __init__(self, names: Sequence[str], master: list[torch.Tensor], like: Sequence[Any], noise_mode: str,
+    def __init__(self, names: Sequence[str], master: list[torch.Tensor], like: Sequence[Any], mode,
                  noise_dtype: str, rule: SGD | None = None):
         self.names, self.master, self.like = list(names), master, list(like)
-        self.noise_mode, self.noise_dtype = noise_mode, noise_dtype
+        self.noise_mode, self.noise_dtype = noise_mode(mode), noise_dtype  # a name, an ES config or a mode
         self.rule = rule if rule is not None else SGD()
         self.rule.bind(self.master_state())
         # seed -> its noise per tensor, kept from the perturbation for the update (es.noise_cache) or for the

@@ -163,9 +163,14 @@ def plan_memory(cfg, shape: ModelShape, gpu_bytes: int, sharing: int = 1) -> Pla
     return plan
 
 
+def cuda_dtype(cfg) -> str:
+    """The model's dtype on CUDA (model.dtype=auto is bf16 there)."""
+    return cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"
+
+
 def dtype_bytes(cfg) -> int:
-    """Bytes per weight of the model on CUDA (model.dtype=auto is bf16 there)."""
-    return DTYPE_BYTES[cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"]
+    """Bytes per weight of the model on CUDA."""
+    return DTYPE_BYTES[cuda_dtype(cfg)]
 
 
 def rule_state_tensors(es_cfg) -> list[str]:

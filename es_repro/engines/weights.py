@@ -18,7 +18,6 @@ from typing import Iterable, Sequence
 import torch
 
 from es_repro.engines.master import Master
-from es_repro.es.noise import noise_mode
 from es_repro.es.update_rules import SGD
 
 logger = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ class ESWeights(Master):
             self.kept.clear()  # a pair's held noise lives until its mirrored member, never longer
         keep = kept is None and (keep_noise or self.keep_for_update)
         noises = []
-        add_scaled = noise_mode(self.noise_mode).add_scaled  # the mode's arithmetic (the release's for iid/correlated)
+        add_scaled = self.noise_mode.add_scaled  # the mode's arithmetic (the release's for iid/correlated)
         for i, p in enumerate(self.params):
             if kept is None and not keep:  # a fresh draw nobody else holds
                 add_scaled(p, self.draw(i, seed), scale, fresh=True)

@@ -13,8 +13,10 @@ the model cache and verified by that hash when read back, then moved to the mode
 The noise of tensor ``index`` of a member with ``seed``: the concatenation of chunks table[o_k : o_k + chunk],
 o_k = h(seed, index, k) mod (values - chunk + 1) with h built from splitmix64, cut to the tensor's size. No generator
 state anywhere, so CPU and CUDA read the same bits; a mirrored pair shares its offsets (same seed). What this costs
-in independence: two chunks anywhere in the run overlap when their offsets are closer than ``chunk``, so noises of
-different members or tensors are correlated by about chunk / values per chunk pair (measured: docs/algorithm.md).
+in independence: the table's values are reused (each about twice per SmolLM2-135M member at 2^26 values), but at
+different positions; two noises share a value at the same position only where their chunk offsets are equal
+(probability 1 / values per chunk), so their linear correlation is that of independent noise (measured:
+scripts/noise_correlation.py, docs/algorithm.md).
 """
 from __future__ import annotations
 

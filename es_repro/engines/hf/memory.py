@@ -3,7 +3,7 @@ KV cache and activations, an antithetic pair's held noise, and the base model fo
 from __future__ import annotations
 
 from es_repro.engines.base import EngineMemory
-from es_repro.engines.memory import ModelShape, dtype_bytes
+from es_repro.engines.memory import ModelShape, cuda_dtype, dtype_bytes
 
 
 def memory_terms(cfg, shape: ModelShape, gpu_bytes: int, sharing: int) -> EngineMemory:
@@ -11,8 +11,7 @@ def memory_terms(cfg, shape: ModelShape, gpu_bytes: int, sharing: int) -> Engine
     P = shape.params
     width = cfg.task.max_prompt_tokens + cfg.task.max_new_tokens
     batch, batch_note = generate_rows(cfg)
-    terms = EngineMemory(weights=[("weights", P * b, cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16")],
-                         copies_per_process=True)
+    terms = EngineMemory(weights=[("weights", P * b, cuda_dtype(cfg))], copies_per_process=True)
     if cfg.es.antithetic and cfg.es.reuse_pair_noise:
         noise_b = b if cfg.es.noise_dtype == "param" else 4
         terms.generation.append(("pair noise", P * noise_b, "es.reuse_pair_noise: one member's noise held for its mirror"))

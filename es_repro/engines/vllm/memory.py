@@ -4,7 +4,7 @@ weights for KL wait in host memory (the engine scores KL itself, so no evaluatio
 from __future__ import annotations
 
 from es_repro.engines.base import EngineMemory
-from es_repro.engines.memory import GIB, ModelShape, dtype_bytes
+from es_repro.engines.memory import GIB, ModelShape, cuda_dtype, dtype_bytes
 
 
 def memory_terms(cfg, shape: ModelShape, gpu_bytes: int, sharing: int) -> EngineMemory:
@@ -23,8 +23,7 @@ def memory_terms(cfg, shape: ModelShape, gpu_bytes: int, sharing: int) -> Engine
     terms.evaluation.append(("evaluation copies", 0, "none: the engine scores KL under the base weights written in "
                                                      "from host memory"))
     if cfg.eval.kl_samples:
-        dtype = cfg.model.dtype if cfg.model.dtype != "auto" else "bfloat16"
-        terms.host.append(("base weights for KL", P * b * tp, f"{dtype}, on every worker"))
+        terms.host.append(("base weights for KL", P * b * tp, f"{cuda_dtype(cfg)}, on every worker"))
     return terms
 
 

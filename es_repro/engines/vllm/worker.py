@@ -63,7 +63,7 @@ class EngineMaster(Master):
 
     def working(self, seed: int | None = None, scale: float = 0.0) -> Tensors:
         """cast(master), or cast(master) + scale * eps(seed) rounded as ESWeights.perturb does; one tensor at a time."""
-        add_scaled = noise_mode(self.noise_mode).add_scaled
+        add_scaled = self.noise_mode.add_scaled
         for i, (name, m) in enumerate(zip(self.names, self.master)):
             w = cast_to(m, self.device, self.dtype)  # a copy: an fp32 master on the device would alias
             if seed is not None:

@@ -102,12 +102,14 @@ def _one_generation(cfg: RunConfig, task, backend, strategy, state: RunState, ba
     row_ids = es.prompt_subset(cfg.seed, g, len(task.train_rows), cfg.es.prompts_per_generation)
     rows = [task.train_rows[i] for i in row_ids]
     # This process scores members[rank::world]; every process then holds all N rewards in member order.
-    local = backend.fitness(distributed.shard(members), cfg.es.sigma, rows, task, timer,
-                            progress=f"gen {g + 1} members" if bars else "")
-    rewards = distributed.gather_sharded(local, N)
+    local = backend.member_rewards(distributed.shard(members), cfg.es.sigma, rows, task, timer,
+                                   progress=f"gen {g + 1} members" if bars else "")
+    per_prompt = distributed.gather_sharded_rows(local, N, len(rows))
+    rewards = [backend.member_mean(r) for r in per_prompt]
     if not np.isfinite(rewards).all():  # a NaN would z-score every coefficient to NaN and poison the weights
         raise RuntimeError(f"generation {g + 1}: non-finite member rewards {rewards}; the weights were not updated")
-    coeffs = strategy.tell(members, rewards)
+    fitness = es.member_fitness(cfg.es.fitness_baseline, per_prompt, rewards)
+    coeffs = strategy.tell(members, fitness)
     update = strategy.merge(members, coeffs)
     with timer("update"):
         backend.apply_update(update)
@@ -119,6 +121,7 @@ def _one_generation(cfg: RunConfig, task, backend, strategy, state: RunState, ba
         "kind": "train", "step": state.generation, "generation": state.generation, "samples": state.samples,
         "reward_mean": float(r.mean()), "reward_std": float(r.std()), "reward_min": float(r.min()), "reward_max": float(r.max()),
         "seeds": [m.seed for m in members], "signs": [m.sign for m in members], "rewards": rewards, "coeffs": coeffs,
+        **({"fitness": fitness} if cfg.es.fitness_baseline != "none" else {}),
         "update": update, "prompts": len(rows) if cfg.es.prompts_per_generation == 0 else row_ids,
         "tokens": tokens, "processes": distributed.world_size(), "time_total": total,
         **backend.update_stats(),

@@ -15,6 +15,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MODEL_SOURCES = ("hf", "gguf_package", "tiny_random", "random_shape")
 PROMPT_FORMATS = ("raw", "chat")
 MASTER_DEVICES = ("auto", "cpu")
+LOWRANK_TARGETS = ("all", "projections")  # es.lowrank_targets (es_repro/engines/lowrank.py lowrank_users)
 WANDB_MODES = ("disabled", "offline", "online")
 BASELINE_METHODS = ("none", "grpo", "ppo")
 PROBE_REWARDS = ("binary", "shaped")
@@ -79,7 +80,11 @@ class ESConfig:
     seed_stream: str = "rng"  # rng: default_rng([seed, g]) per generation | released: the release's np.random stream
     prompts_per_generation: int = 0  # 0: every member sees all train prompts (paper); k>0: a seeded subset of k
     lowrank: int = 0  # 0: full-rank noise (the paper) | r > 0: opt-in population-batched rank-r perturbations (es_repro/engines/lowrank.py)
-    members_per_forward: int = 8  # lowrank only: members that share one batched generate call
+    members_per_forward: int = 8  # lowrank only: members that share one batched generate call (HF engine)
+    lowrank_targets: str = "all"  # lowrank only: all (every Linear and Embedding weight) | projections (attention and
+    # MLP projections, not the embeddings or the head: what the vLLM population engine perturbs as LoRA adapters)
+    fitness_baseline: str = "none"  # none: a member's fitness is its mean reward | prompt: each prompt's reward is
+    # centred over the population first (EGGROLL's choice for reasoning tasks), then averaged and shaped
     allow_noise_change: bool = False  # resume where the same seeds draw other noise (another GPU model; es_repro/es/fingerprint.py)
     qes: QESConfig = field(default_factory=QESConfig)  # es.update=qes settings (sigma, alpha in code units)
 
@@ -102,6 +107,8 @@ class VLLMConfig:
     weight_write: str = "auto"  # auto: direct on CUDA if its start-up self-check passes, else reload | reload:
     # model_runner.reload_weights (every platform) | direct: model.load_weights into the engine's tensors as they are
     # (only where it keeps plain weights: CUDA without quantization), refused if the self-check fails
+    max_loras: int = 32  # es.lowrank > 0 (the population engine): members served at once as LoRA slots; more run in waves
+    max_lora_rank: int = 0  # es.lowrank > 0: vLLM's LoRA rank bound; 0 = the smallest rank vLLM allows >= es.lowrank
 
 
 @dataclass

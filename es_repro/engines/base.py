@@ -172,17 +172,21 @@ class Backend:
         same code path (the sigma/N probe, es_repro/probe/)."""
         raise NotImplementedError(f"the {self.name} backend cannot generate per member")
 
-    def fitness(self, members: Sequence["Member"], sigma: float, rows: Sequence["Row"], task: "Task",
-                timer: "Timer", progress: str = "") -> list[float]:
-        """Mean per-prompt reward of each perturbed member on ``rows``, in member order."""
+    def member_rewards(self, members: Sequence["Member"], sigma: float, rows: Sequence["Row"], task: "Task",
+                       timer: "Timer", progress: str = "") -> list[list[float]]:
+        """Each perturbed member's reward on each of ``rows``, in member and row order."""
         from es_repro.tasks.base import score
 
         out = []
         for completions in self.member_completions(members, sigma, rows, timer, progress):
             with timer("reward"):
-                rewards = score(task.reward, completions, rows)
-            out.append(self.member_mean(rewards))
+                out.append(score(task.reward, completions, rows))
         return out
+
+    def fitness(self, members: Sequence["Member"], sigma: float, rows: Sequence["Row"], task: "Task",
+                timer: "Timer", progress: str = "") -> list[float]:
+        """Mean per-prompt reward of each perturbed member on ``rows``, in member order."""
+        return [self.member_mean(r) for r in self.member_rewards(members, sigma, rows, task, timer, progress)]
 
     @staticmethod
     def member_mean(rewards: list[float]) -> float:

@@ -53,13 +53,18 @@ class Master:
             delta.add_(self.noise(i, seed), alpha=coeff)  # a bf16 noise is widened inside the add (exact), no copy
         return delta
 
+    def moving_tensors(self) -> Sequence[int]:
+        """The indices an update moves: every tensor (a low-rank master moves only its targeted matrices)."""
+        return range(len(self.master))
+
     @torch.no_grad()
     def step_master(self, seed_coeffs: Iterable[tuple[int, float]]) -> Iterator[int]:
         """The update rule moves each master tensor by its delta; yields i after tensor i moved, so a caller can
         write it out before the next delta exists (one tensor's noise in memory at a time)."""
         seed_coeffs = list(seed_coeffs)
-        for i, (name, m) in enumerate(zip(self.names, self.master)):
-            self.rule.step(name, m, self.combined_noise(i, seed_coeffs).to(m.device))
+        for i in self.moving_tensors():
+            m = self.master[i]
+            self.rule.step(self.names[i], m, self.combined_noise(i, seed_coeffs).to(m.device))
             yield i
         self.kept.clear()  # the generation is over: its noise is not needed again
 

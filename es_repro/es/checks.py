@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
-from es_repro.config.schema import MASTER_DEVICES
+from es_repro.config.schema import LOWRANK_TARGETS, MASTER_DEVICES
 from es_repro.es.noise import NOISE_CACHE, NOISE_DTYPES, NOISE_MODES
-from es_repro.es.strategy import FITNESS_SHAPING, SEED_STREAMS
+from es_repro.es.strategy import FITNESS_BASELINES, FITNESS_SHAPING, SEED_STREAMS
 from es_repro.es.update_rules import UPDATES
 from es_repro.util.errors import ConfigError
 
@@ -36,6 +36,8 @@ def check(cfg) -> None:
     positive("es.prompts_per_generation", es.prompts_per_generation, allow_zero=True)
     positive("es.lowrank", es.lowrank, allow_zero=True)
     positive("es.members_per_forward", es.members_per_forward)
+    one_of("es.lowrank_targets", es.lowrank_targets, LOWRANK_TARGETS)
+    one_of("es.fitness_baseline", es.fitness_baseline, FITNESS_BASELINES)
     if es.lowrank and es.noise == "correlated":
         raise ConfigError(f"es.noise=correlated cannot be combined with es.lowrank={es.lowrank}; low-rank factors are "
                           f"drawn per tensor (use es.noise=iid or table)")

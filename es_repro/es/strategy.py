@@ -74,6 +74,27 @@ def centered_rank(rewards: np.ndarray) -> np.ndarray:
 FITNESS_SHAPING = {"zscore": zscore, "centered_rank": centered_rank}
 
 
+def prompt_normalised(per_prompt: np.ndarray) -> np.ndarray:
+    """es.fitness_baseline=prompt: each prompt's rewards z-scored over the population (ddof=0, + 1e-8; a prompt
+    every member scores alike contributes 0), then averaged over the prompts: (N, P) -> (N,). Centring alone would
+    be no change at all: it moves every member's mean by the same constant, which any shaping removes; the scale
+    makes each prompt count equally (EGGROLL's per-question fitness, GRPO's group normalisation)."""
+    r = np.asarray(per_prompt, dtype=np.float64)
+    return ((r - r.mean(axis=0)) / (r.std(axis=0) + 1e-8)).mean(axis=1)
+
+
+FITNESS_BASELINES = ("none", "prompt")  # es.fitness_baseline
+
+
+def member_fitness(baseline: str, per_prompt: list[list[float]], member_means: list[float]) -> list[float]:
+    """What the shaping ranks: the members' mean rewards (none), or their prompt-normalised rewards (prompt)."""
+    if baseline == "none":
+        return list(member_means)
+    if baseline == "prompt":
+        return [float(v) for v in prompt_normalised(np.asarray(per_prompt))]
+    raise ValueError(f"es.fitness_baseline={baseline!r} is not one of {FITNESS_BASELINES}")
+
+
 def tell(members: list[Member], rewards: list[float], alpha: float, shaping: str = "zscore") -> list[float]:
     """Update coefficient per member: alpha / N * sign * shaped reward."""
     if len(members) != len(rewards):

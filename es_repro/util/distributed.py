@@ -236,6 +236,13 @@ def gather_sharded(local: Sequence[float], n: int) -> list[float]:
     return unshard(all_gather_floats(local), n)
 
 
+def gather_sharded_rows(local: Sequence[Sequence[float]], n: int, width: int) -> list[list[float]]:
+    """gather_sharded for rows of ``width`` floats per item (a member's reward on each prompt)."""
+    per_rank = all_gather_floats([x for row in local for x in row])
+    rows = [[flat[j:j + width] for j in range(0, len(flat), width)] if width else [[] for _ in flat] for flat in per_rank]
+    return unshard(rows, n)
+
+
 def all_sum(value: float) -> float:
     """Sum of one scalar over the processes (e.g. generated tokens)."""
     return float(sum(v for vals in all_gather_floats([value]) for v in vals))

@@ -90,7 +90,7 @@ def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule
     assert RunLog(tmp_path / "full").info()["backend"]["name"] == ("hf-lowrank" if lowrank else "hf")
 
     calls = {"n": 0}
-    real = hf_backend.HFBackend.fitness
+    real = hf_backend.HFBackend.member_rewards
 
     def crashing(self, *args, **kwargs):
         calls["n"] += 1
@@ -98,11 +98,11 @@ def test_hf_resume_and_replay_are_bit_exact_for_every_update_rule(tmp_path, rule
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(hf_backend.HFBackend, "fitness", crashing)
+    monkeypatch.setattr(hf_backend.HFBackend, "member_rewards", crashing)
     with pytest.raises(KeyboardInterrupt):
         run_es(cfg, tmp_path / "resumed")
     assert RunLog(tmp_path / "resumed").info()["status"] == "failed"
-    monkeypatch.setattr(hf_backend.HFBackend, "fitness", real)
+    monkeypatch.setattr(hf_backend.HFBackend, "member_rewards", real)
     run_es(cfg, tmp_path / "resumed")
     resumed = load_file(latest_checkpoint(tmp_path / "resumed") / "model.safetensors")
     replay_main([str(tmp_path / "full"), "--out", str(tmp_path / "replayed")])

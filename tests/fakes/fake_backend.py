@@ -81,7 +81,7 @@ class FakeBackend(Backend):
         logp = torch.log_softmax(self.base if reference else self.theta, dim=0)
         return [logp[torch.tensor(c, dtype=torch.long)] for _, c in pairs]
 
-    def fitness(self, members, sigma, rows, task, timer, progress=""):
+    def member_rewards(self, members, sigma, rows, task, timer, progress=""):
         self.fitness_calls += 1
         if self.fail_after_fitness_calls is not None and self.fitness_calls > self.fail_after_fitness_calls:
             raise RuntimeError("simulated crash")
@@ -90,8 +90,12 @@ class FakeBackend(Backend):
             with timer("generate"):
                 perturbed = self.theta + m.sign * sigma * tensor_noise(self.theta, 0, m.seed, "iid")
                 completions = self._complete(perturbed, rows)
-            out.append(sum(score(task.reward, completions, rows)) / len(rows))
+            out.append(score(task.reward, completions, rows))
         return out
+
+    @staticmethod
+    def member_mean(rewards):
+        return sum(rewards) / len(rewards)
 
     def member_completions(self, members, sigma, rows, timer, progress=""):
         with timer("generate"):

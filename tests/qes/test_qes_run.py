@@ -44,7 +44,7 @@ def test_qes_run_resumes_and_replays_bit_for_bit(tmp_path, residual, monkeypatch
 
     # an interruption in generation 4 (after the generation-2 checkpoint and generation 3's log line), then a relaunch
     calls = {"n": 0}
-    real = qes_backend.QESBackend.fitness
+    real = qes_backend.QESBackend.member_rewards
 
     def crashing(self, *args, **kwargs):
         calls["n"] += 1
@@ -52,11 +52,11 @@ def test_qes_run_resumes_and_replays_bit_for_bit(tmp_path, residual, monkeypatch
             raise KeyboardInterrupt("simulated kill")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(qes_backend.QESBackend, "fitness", crashing)
+    monkeypatch.setattr(qes_backend.QESBackend, "member_rewards", crashing)
     with pytest.raises(KeyboardInterrupt):
         run_es(cfg, tmp_path / "resumed")
     assert len(RunLog(tmp_path / "resumed").records("train")) == 3
-    monkeypatch.setattr(qes_backend.QESBackend, "fitness", real)
+    monkeypatch.setattr(qes_backend.QESBackend, "member_rewards", real)
     run_es(cfg, tmp_path / "resumed")
     resumed = _codes(latest_checkpoint(tmp_path / "resumed"))
     assert final.keys() == resumed.keys() and all((final[k] == resumed[k]).all() for k in final)

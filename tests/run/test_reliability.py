@@ -111,7 +111,8 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
 def test_nan_rewards_fail_the_run_before_any_update(tmp_path, monkeypatch):
     from es_repro.engines.hf import backend as hf_backend
 
-    monkeypatch.setattr(hf_backend.HFBackend, "fitness", lambda self, members, *a, **k: [float("nan")] * len(members))
+    monkeypatch.setattr(hf_backend.HFBackend, "member_rewards",
+                        lambda self, members, sigma, rows, *a, **k: [[float("nan")] * len(rows)] * len(members))
     with pytest.raises(RuntimeError, match="non-finite member rewards"):
         run_es(make_cfg(SHORT), tmp_path)
     info = RunLog(tmp_path).info()

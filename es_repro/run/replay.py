@@ -7,7 +7,11 @@ does not cover every generation up to its newest line (a gap would be silently t
 
 Rebuild a run's weights from the base model and its log:
 
-    python -m es_repro.run.replay RUN_DIR --out DIR [--generations G] [--allow-noise-change]   (or es-repro-replay)
+    python -m es_repro.run.replay RUN_DIR --out DIR [--generations G] [--allow-noise-change] [KEY=VALUE ...]
+                                                                                              (or es-repro-replay)
+
+KEY=VALUE settings change the run's config for the replay, e.g. generation.backend=vllm to rebuild an HF run's
+weights on the vLLM engine (both engines share the master's arithmetic and its checkpoint files).
 
 Replay draws the noise fingerprint on its own device first and refuses, as a resume does, when it differs from the
 one in run.json (another GPU model draws other noise from the same seeds, so it would write other weights).
@@ -89,13 +93,15 @@ def resume(run_dir: Path, backend: Backend, log: RunLog) -> RunState:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="settings changed for the replay, e.g. generation.backend=vllm (the other engine)")
     ap.add_argument("--out", type=Path, required=True, help="directory for the rebuilt HF checkpoint")
     ap.add_argument("--generations", type=int, default=None, help="replay only the first G generations")
     ap.add_argument("--allow-noise-change", action="store_true",
                     help="replay even where the same seeds draw other noise than the run's (another device model)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # KEY=VALUE may come after --out DIR
     try:
-        cfg = config_from_run_dir(args.run_dir)
+        cfg = config_from_run_dir(args.run_dir, args.overrides)
         fingerprint.check_resume(RunLog(args.run_dir).info().get("noise"), fingerprint.this_process(cfg),
                                  args.allow_noise_change, action="replay", allow_with="--allow-noise-change")
     except UserError as err:

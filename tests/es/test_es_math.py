@@ -76,3 +76,22 @@ def test_prompt_subset_seeded():
     sub = es.prompt_subset(0, 1, 10, 4)
     assert sub == es.prompt_subset(0, 1, 10, 4) and len(set(sub)) == 4
     assert sub != es.prompt_subset(0, 2, 10, 4) or sub != es.prompt_subset(0, 3, 10, 4)
+
+
+def test_prompt_fitness_baseline_equals_a_hand_computation():
+    """es.fitness_baseline=prompt: each prompt's rewards z-scored over the members (ddof 0, + 1e-8), then the
+    member's mean over prompts. Prompt C is scored alike by every member and contributes nothing."""
+    per_prompt = [[10.0, 0.0, 3.0], [0.0, 1.0, 3.0], [5.0, 1.0, 3.0]]  # 3 members x prompts A, B, C
+    means = [13 / 3, 4 / 3, 3.0]
+    # A = (10, 0, 5): mean 5, std sqrt(50/3); B = (0, 1, 1): mean 2/3, std sqrt(2)/3; C: z = 0
+    sa, sb = np.sqrt(50 / 3) + 1e-8, np.sqrt(2) / 3 + 1e-8
+    want = [(5 / sa - (2 / 3) / sb) / 3, (-5 / sa + (1 / 3) / sb) / 3, (0 / sa + (1 / 3) / sb) / 3]
+    got = es.member_fitness("prompt", per_prompt, means)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(got, [-0.06315, -0.17255, 0.23570], atol=1e-5)
+    assert es.member_fitness("none", per_prompt, means) == means
+    # not the means moved by a constant (which every shaping would undo): member 0's lead on the wide prompt A
+    # counts for less than member 2's on B, so the order changes
+    assert np.argsort(got).tolist() == [1, 0, 2] and np.argsort(means).tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="es.fitness_baseline='mean' is not one of"):
+        es.member_fitness("mean", per_prompt, means)

@@ -208,3 +208,25 @@ def test_wandb_offline_mirror(tmp_path, monkeypatch):
     assert wandb_summary["final_train_reward"] == pytest.approx(train[-1]["reward_mean"], rel=1e-12)
     for key in ("generations", "samples", "eval_reward", "eval_accuracy"):
         assert wandb_summary[key] == pytest.approx(summary[key], rel=1e-12), key
+
+
+def test_a_prompt_baseline_run_shapes_the_prompt_normalised_rewards(tmp_path, monkeypatch):
+    """es.fitness_baseline=prompt: the coefficients come from each member's prompt-normalised rewards (computed
+    from what the engine scored per prompt), logged as "fitness" beside the plain mean "rewards"."""
+    import numpy as np
+
+    from es_repro.engines.hf.backend import HFBackend
+    from es_repro.es import strategy as es
+
+    scored = []
+    real = HFBackend.member_rewards
+    monkeypatch.setattr(HFBackend, "member_rewards", lambda self, *a, **k: scored.append(real(self, *a, **k)) or scored[-1])
+    run_es(make_cfg(["es.fitness_baseline=prompt", "es.generations=2", "eval.every=0", "eval.kl_samples=0"]), tmp_path)
+    train = RunLog(tmp_path).records("train")
+    assert len(train) == len(scored) == 2
+    for record, per_prompt in zip(train, scored):
+        assert record["rewards"] == [float(np.mean(r)) for r in per_prompt]
+        assert record["fitness"] == es.member_fitness("prompt", per_prompt, record["rewards"])
+        members = [es.Member(s, g) for s, g in zip(record["seeds"], record["signs"])]
+        assert record["coeffs"] == es.tell(members, record["fitness"], make_cfg().es.alpha)
+        assert record["fitness"] != record["rewards"]

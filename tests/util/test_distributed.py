@@ -86,8 +86,9 @@ def _gather_worker(rank: int, world: int, port: int, out: Path) -> None:
     mine = distributed.shard(range(n))
     gathered = distributed.gather_sharded([values[i] for i in mine], n)
     total = distributed.all_sum(len(mine))
+    rows = distributed.gather_sharded_rows([[i + j / 4 + 1e-17 * rank for j in range(3)] for i in mine], n, 3)
     distributed.barrier()
-    out.joinpath(f"rank{rank}.txt").write_text(repr((mine, gathered, total)))
+    out.joinpath(f"rank{rank}.txt").write_text(repr((mine, gathered, total, rows)))
     distributed.shutdown()
 
 
@@ -99,10 +100,13 @@ def test_gloo_gather_reassembles_exact_floats_in_member_order(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.start_processes(_gather_worker, args=(2, port, tmp_path), nprocs=2, join=True, start_method="spawn")
-    (mine0, got0, total0), (mine1, got1, total1) = (eval(tmp_path.joinpath(f"rank{r}.txt").read_text()) for r in (0, 1))
+    (mine0, got0, total0, rows0), (mine1, got1, total1, rows1) = (
+        eval(tmp_path.joinpath(f"rank{r}.txt").read_text()) for r in (0, 1))
     assert (mine0, mine1) == ([0, 2, 4, 6], [1, 3, 5])
     expected = [1 / 3 + i * 1e-12 + 1e-17 * (i % 2) for i in range(7)]  # member i came from rank i % 2
     assert got0 == got1 == expected and total0 == total1 == 7.0
+    # per-prompt rewards (es.fitness_baseline=prompt): each member's row, in member order, on every rank
+    assert rows0 == rows1 == [[i + j / 4 + 1e-17 * (i % 2) for j in range(3)] for i in range(7)]
 
 
 @pytest.mark.slow

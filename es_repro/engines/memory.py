@@ -10,7 +10,8 @@ in bytes per GPU of one process's device group:
 - update/perturb buffers: the largest tensor's noise, its fp32 delta and their temporaries;
 - KV cache and activations of one generate call (HF backend, generation.batch_size rows, or with es.lowrank every
   prompt once per member in the forward; vLLM's live inside its share);
-- the engine's share: generation.vllm.gpu_memory_utilization / (engines sharing the GPU) of the card;
+- the engine's share: generation.vllm.gpu_memory_utilization / (engines sharing the GPU) of the card; for the
+  population engine (es.lowrank on vLLM) it must also hold the LoRA slots and the KV cache of one wave in flight;
 - evaluation copies: the base model for KL, loaded per evaluation with eval.keep_base_model=false (HF engines;
   vLLM scores KL in its engine, the base weights waiting in host memory), and the KL forward's logits;
 - the CUDA context and allocator slack.
@@ -65,6 +66,13 @@ class ModelShape:
     @property
     def largest_tensor(self) -> int:
         return max(self.tensor_sizes())
+
+    @property
+    def projection_rows_and_cols(self) -> int:
+        """Sum of rows + columns of every attention and MLP projection (q, k, v, o, gate, up, down): a rank-1 LoRA
+        adapter on them has this many values (es.lowrank_targets=projections)."""
+        q, kv, h, i = self.heads * self.dim, self.kv_heads * self.dim, self.hidden, self.intermediate
+        return self.layers * (2 * q + 2 * kv + 3 * i + 7 * h)
 
     def kv_bytes_per_token(self, value_bytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.dim * value_bytes

@@ -170,3 +170,37 @@ def test_the_noise_table_is_counted_on_every_gpu():
     assert "noise table" not in dict((n, b) for n, b, _ in memory.plan_memory(
         compose_config(["experiment=table1", "model=qwen2.5-1.5b-instruct", "es.noise=iid"]), memory.model_shape(cfg.model),
         80 * GIB).rows)
+
+
+def test_the_population_engines_slots_and_wave_follow_their_definitions():
+    """es.lowrank on vLLM: LoRA slots = max_loras x max_lora_rank x (rows + columns of q, k, v, o, gate, up, down)
+    x 2 bytes (bf16); the wave's KV = one max-length sequence per slot; both must fit the engine's share."""
+    from es_repro.engines.vllm.memory import lora_slot_bytes
+
+    cfg = compose_config(["experiment=countdown_vllm_population", "generation.vllm.max_loras=100", "es.lowrank=4"])
+    s = model_shape(cfg.model)  # Qwen2.5-1.5B: hidden 1536, intermediate 8960, 28 layers, 12 heads, 2 KV heads of 128
+    per_layer = (1536 + 1536) + 2 * (256 + 1536) + (1536 + 1536) + 3 * (8960 + 1536)
+    assert s.projection_rows_and_cols == 28 * per_layer
+    assert lora_slot_bytes(cfg, s) == 100 * 8 * 28 * per_layer * 2  # rank 4 takes vLLM's slot rank 8
+    assert lora_slot_bytes(cfg, s, rank=4) == 100 * 4 * 28 * per_layer * 2  # the registered adapters (host)
+    plan = plan_memory(cfg, s, 80 * GIB)
+    notes = {name: note for name, _, note in plan.rows}
+    wave_kv = 100 * 1280 * s.kv_bytes_per_token(2)
+    assert notes["KV cache of a wave (in the engine's share)"] == f"{wave_kv / GIB:.2f} GiB: 100 sequences x 1280 tokens"
+    assert plan.fits
+    # the share is 0.7 x 80 GiB: weights + slots + the wave's KV beyond it is refused, whatever else fits
+    too_many = compose_config(["experiment=countdown_vllm_population", "model=qwen2.5-7b-instruct",
+                               "generation.vllm.max_loras=1024"])
+    tight = plan_memory(too_many, model_shape(too_many.model), 80 * GIB)
+    assert not tight.fits and "1024 LoRA slots and the KV cache of 1024 1280-token sequences" in tight.problems[0]
+
+
+def test_the_population_preset_plans_for_1_5b_and_7b_and_an_impossible_one_names_max_loras(capsys):
+    for model in ("qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct"):
+        assert plan_main(["experiment=countdown_vllm_population", f"model={model}", "--gpu-gib", "80"]) == 0
+        out = capsys.readouterr().out
+        assert "LoRA slots" in out and "generation.vllm.max_loras 64" in out and "fits:" in out
+    assert plan_main(["experiment=countdown_vllm_population", "model=qwen2.5-7b-instruct",
+                      "generation.vllm.max_loras=1024", "--gpu-gib", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit" in err[0] and "generation.vllm.max_loras" in err[0].split("levers:")[1]

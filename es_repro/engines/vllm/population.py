@@ -23,8 +23,8 @@ from typing import Sequence
 import torch
 
 from es_repro.engines.lowrank import member_factors
-from es_repro.es.strategy import Member
 from es_repro.engines.vllm.checks import lora_rank_bound
+from es_repro.es.strategy import Member
 
 ADAPTER_PATH = "es-repro:in-memory-adapter"  # not a path: adapters are registered by the worker, never loaded
 

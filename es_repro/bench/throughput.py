@@ -22,7 +22,8 @@ Modes (each on a freshly loaded model, same seeds, one generation each):
 - vllm-population: the population engine (es.lowrank=--rank on vLLM, members as LoRA adapters, waves of
            --max-loras; es_repro/engines/vllm/population.py).
 - vllm-plain: the limit the population engine can reach: the same members x prompts sequences as ONE generate on
-           the base weights (no adapters, no weight write, no update): plain batched inference.
+           the base weights (no adapters, no weight write, no update): plain batched inference, its prefix cache
+           empty (members share no KV, so the repeated prompts may not share theirs either).
 - inflight: members in flight: --inflight K processes on the one device, each with its own copy of the model in
            default mode, split the members round-robin as K torchrun processes sharing a GPU do; on CPU they split
            the threads. They start together once all are loaded and warm; time = the slowest one's members + the
@@ -108,6 +109,7 @@ def bench_plain_batch(cfg, backend, task, limits: tuple[float, float] | None = N
     """Plain batched inference of the N x prompts sequences a generation generates, as one generate call on the
     base weights: the ceiling of population-batched members on the same engine."""
     timer, calls0, tokens0 = Timer(), len(backend.calls), backend.generated_tokens
+    backend.llm.reset_prefix_cache()  # members never share KV (each has its own weights): no prefix hits here either
     with timer("generate"):
         backend.generate([row for _ in range(cfg.es.population) for row in task.train_rows])
     phases = {f"{k}_s": timer.totals.get(k, 0.0) for k in (*MEMBER_PHASES, "update")}
@@ -374,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             backend.generate(task.train_rows[:1], max_new_tokens=2)
         if isinstance(getattr(backend, "weights", None), ESWeights):  # es.noise=table: the table is read in once per
             backend.weights.draw(0, 0)  # process (a run does it at its noise fingerprint, before training)
+        elif mode.startswith("vllm"):
+            backend.llm.collective_rpc("es_warm_noise")  # the same, on the engine's workers
         if mode == "vllm-plain":
             r = results[f"{mode}@{dtype}"] = bench_plain_batch(cfg, backend, task, limits)
         else:

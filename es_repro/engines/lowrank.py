@@ -33,15 +33,25 @@ from es_repro.es.update_rules import SGD
 
 def lowrank_factors(weight: torch.Tensor, index: int, seed: int, rank: int, mode="iid") -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) with A: (rows, r), B: (cols, r), float32, on the weight's device."""
+    a, b = lowrank_factor_stack(weight, index, [seed], rank, mode)
+    return a[0], b[0]
+
+
+def lowrank_factor_stack(weight, index: int, seeds: Sequence[int], rank: int, mode="iid") -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of each seed, stacked: A (k, rows, r), B (k, cols, r), float32, on the weight's device; with
+    es.noise=table one read for all k (A then B, read as one tensor's noise of (rows + cols) x r values)."""
     rows, cols = weight.shape
-    if isinstance(noise_mode(mode), TableNoise):  # A then B, read as one tensor's noise
-        flat = tensor_noise(torch.empty((rows + cols) * rank, device=weight.device), index, seed, mode, "float32")
-        return flat[:rows * rank].view(rows, rank), flat[rows * rank:].view(cols, rank)
-    gen = torch.Generator(device=weight.device)
-    gen.manual_seed(tensor_seed(seed, index, "iid"))  # low-rank factors are always i.i.d. per tensor
-    a = torch.randn(weight.shape[0], rank, generator=gen, dtype=torch.float32, device=weight.device)
-    b = torch.randn(weight.shape[1], rank, generator=gen, dtype=torch.float32, device=weight.device)
-    return a, b
+    mode = noise_mode(mode)
+    if isinstance(mode, TableNoise):
+        flat = mode.draw_stack(torch.empty((rows + cols) * rank, device=weight.device), index, seeds, torch.float32)
+        return flat[:, :rows * rank].view(-1, rows, rank), flat[:, rows * rank:].reshape(-1, cols, rank)
+    pairs = []
+    for seed in seeds:
+        gen = torch.Generator(device=weight.device)
+        gen.manual_seed(tensor_seed(seed, index, "iid"))  # low-rank factors are always i.i.d. per tensor
+        a = torch.randn(rows, rank, generator=gen, dtype=torch.float32, device=weight.device)
+        pairs.append((a, torch.randn(cols, rank, generator=gen, dtype=torch.float32, device=weight.device)))
+    return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
 
 def lowrank_users(model: nn.Module, targets: str = "all") -> list[tuple[str, nn.Module, int]]:
@@ -65,9 +75,8 @@ def member_factors(like, index: int, members: Sequence[Member], sigma: float, ra
     sign * sigma / sqrt(r) folded in (in fp32, then cast), B (k, cols, r), both in ``dtype`` on like's device. The
     one construction both engines use, so member m is the same matrix on each."""
     scale = torch.tensor([m.sign * sigma / math.sqrt(rank) for m in members])
-    pairs = [lowrank_factors(like, index, m.seed, rank, mode) for m in members]
-    a = (torch.stack([a for a, _ in pairs]) * scale.to(like.device)[:, None, None]).to(dtype)
-    return a, torch.stack([b for _, b in pairs]).to(dtype)
+    a, b = lowrank_factor_stack(like, index, [m.seed for m in members], rank, mode)
+    return (a * scale.to(like.device)[:, None, None]).to(dtype), b.to(dtype)
 
 
 class LowRankUpdate:
@@ -84,10 +93,9 @@ class LowRankUpdate:
         like = self.like[i]
         delta = torch.zeros(like.shape, dtype=torch.float32, device=like.device)  # the factors' device
         if seed_coeffs:
-            pairs = [lowrank_factors(like, i, seed, self.rank, self.noise_mode) for seed, _ in seed_coeffs]
-            a = torch.cat([a * (c / math.sqrt(self.rank)) for (a, _), (_, c) in zip(pairs, seed_coeffs)], dim=1)
-            b = torch.cat([b for _, b in pairs], dim=1)
-            delta.addmm_(a, b.T)
+            a, b = lowrank_factor_stack(like, i, [seed for seed, _ in seed_coeffs], self.rank, self.noise_mode)
+            a = torch.cat([a_k * (c / math.sqrt(self.rank)) for a_k, (_, c) in zip(a, seed_coeffs)], dim=1)
+            delta.addmm_(a, torch.cat(list(b), dim=1).T)
         return delta
 
 

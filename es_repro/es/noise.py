@@ -74,6 +74,12 @@ class TableNoise:
 
         return table_noise(like.shape, index, seed, self.values, self.chunk, dtype, like.device)
 
+    def draw_stack(self, like, index: int, seeds: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """(k, *like.shape): draw() for each seed, in one read."""
+        from es_repro.es.noise_table import table_noise_stack
+
+        return table_noise_stack(like.shape, index, seeds, self.values, self.chunk, dtype, like.device)
+
     @staticmethod
     def add_scaled(dst: torch.Tensor, eps: torch.Tensor, scale: float, fresh: bool = False) -> None:
         """dst += scale * eps rounded once (no release to match): one pass over dst instead of two."""

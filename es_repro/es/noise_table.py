@@ -25,6 +25,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -123,20 +125,32 @@ def device_table(values: int, device: torch.device, dtype: torch.dtype = torch.f
 
 def chunk_offsets(seed: int, index: int, chunks: int, values: int, chunk: int) -> np.ndarray:
     """o_k = h(seed, index, k) mod (values - chunk + 1), k = 0..chunks-1, as int64; integers only."""
-    key = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    return chunk_offsets_of_seeds([seed], index, chunks, values, chunk)[0]
+
+
+def chunk_offsets_of_seeds(seeds: Sequence[int], index: int, chunks: int, values: int, chunk: int) -> np.ndarray:
+    """chunk_offsets for each seed, as one (k, chunks) array (the same integers, computed together)."""
+    key = splitmix64(np.array([s & 0xFFFFFFFFFFFFFFFF for s in seeds], dtype=np.uint64))
     key = splitmix64(key ^ np.uint64(index & 0xFFFFFFFFFFFFFFFF))
     with np.errstate(over="ignore"):
-        h = splitmix64(key + np.arange(chunks, dtype=np.uint64))
+        h = splitmix64(key[:, None] + np.arange(chunks, dtype=np.uint64)[None, :])
     return (h % np.uint64(values - chunk + 1)).astype(np.int64)
 
 
 def table_noise(shape: torch.Size | tuple, index: int, seed: int, values: int, chunk: int, dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
     """The noise of tensor ``index`` of a member with ``seed``: chunks of the table at integer-derived offsets."""
+    return table_noise_stack(shape, index, [seed], values, chunk, dtype, device)[0]
+
+
+def table_noise_stack(shape: torch.Size | tuple, index: int, seeds: Sequence[int], values: int, chunk: int,
+                      dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k, *shape): table_noise of tensor ``index`` for each of k member seeds, read in one gather (the same bits as
+    k separate reads; the population engine builds every member's factors of a tensor at once)."""
     numel = int(np.prod(shape)) if len(shape) else 1
     chunks = -(-numel // chunk)
     table = device_table(values, torch.device(device), dtype)
-    offsets = torch.from_numpy(chunk_offsets(seed, index, chunks, values, chunk)).to(table.device)
+    offsets = chunk_offsets_of_seeds(seeds, index, chunks, values, chunk).reshape(-1)
     windows = table.unfold(0, chunk, 1)  # a view: row o is table[o : o + chunk]
-    flat = windows[offsets].reshape(-1)[:numel]  # advanced indexing: a plain copy (index_select is ~3x slower here)
-    return flat.reshape(shape)
+    flat = windows[torch.from_numpy(offsets).to(table.device)]  # advanced indexing: a plain copy (index_select is ~3x slower here)
+    return flat.reshape(len(seeds), -1)[:, :numel].reshape(len(seeds), *shape)

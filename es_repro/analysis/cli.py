@@ -15,7 +15,8 @@ import pandas as pd
 
 from es_repro.analysis.tables import NoData
 
-ARTIFACTS = ("table1", "stability", "reward_vs_kl", "learning_curves", "learning_curves_accuracy")
+ARTIFACTS = ("table1", "stability", "reward_vs_kl", "learning_curves", "learning_curves_accuracy",
+             "eval_reward_vs_time")
 
 
 def regen_command(argv: list[str]) -> str:
@@ -61,13 +62,15 @@ def make_all(df: pd.DataFrame, out: str | Path, command: str | None = None, fini
         pts = figures.reward_kl_points(df, finished_only=finished_only)
         return figure("reward_vs_kl", pts, figures.plot_reward_vs_kl(pts, command))
 
-    def curve(name: str, metric: str):
-        c = figures.curves(df, metric, finished_only=finished_only)
-        return figure(name, c, figures.plot_learning_curves(c, metric, command=command))
+    def curve(name: str, metric: str, x: str = "samples"):
+        c = figures.curves(df, metric, x, finished_only=finished_only)
+        return figure(name, c, figures.plot_learning_curves(c, metric, x, command=command))
 
     makers = {"table1": table1, "stability": stability, "reward_vs_kl": reward_vs_kl,
               "learning_curves": lambda: curve("learning_curves", "reward_mean"),
-              "learning_curves_accuracy": lambda: curve("learning_curves_accuracy", "eval_accuracy")}
+              "learning_curves_accuracy": lambda: curve("learning_curves_accuracy", "eval_accuracy"),
+              # held-out reward against training wall-clock seconds: methods compared at equal time, not samples
+              "eval_reward_vs_time": lambda: curve("eval_reward_vs_time", "eval_reward", "train_s")}
     results: dict[str, list[Path] | str] = {}
     for name in ARTIFACTS:
         try:

@@ -138,6 +138,9 @@ def curves(df: pd.DataFrame, metric: str = "reward_mean", x: str = "samples", dd
     return result
 
 
+X_LABELS = {"samples": "sample evaluations", "train_s": "training seconds (wall clock, evaluations excluded)"}
+
+
 def plot_learning_curves(curve: pd.DataFrame, metric: str = "reward_mean", x: str = "samples",
                          command: str | None = None) -> plt.Figure:
     """Mean line and mean +- std band over seeds per method (and setting), one panel per task x model."""
@@ -148,7 +151,7 @@ def plot_learning_curves(curve: pd.DataFrame, metric: str = "reward_mean", x: st
             n = int(g["n"].iloc[0])
             ax.plot(g[x], g["mean"], color=f"C{i}", label=f"{label} (n={n})")
             ax.fill_between(g[x], g["mean"] - g["std"], g["mean"] + g["std"], color=f"C{i}", alpha=0.2)
-        ax.set(title=f"{key[0]} / {key[1]}", xlabel="sample evaluations" if x == "samples" else x, ylabel=metric)
+        ax.set(title=f"{key[0]} / {key[1]}", xlabel=X_LABELS.get(x, x), ylabel=metric)
         ax.legend(fontsize=8)
     stamp(fig, command)
     fig.tight_layout(rect=(0, 0.03, 1, 1))

@@ -38,9 +38,9 @@ def write_run(run_dir: Path, kind: str, config: dict, records: list[dict], statu
     return run_dir
 
 
-def train(step: int, samples: int, reward: float) -> dict:
+def train(step: int, samples: int, reward: float, seconds: float = 10.0) -> dict:
     return {"kind": "train", "step": step, "generation": step, "samples": samples, "reward_mean": reward,
-            "reward_std": 0.1, "seeds": [1, 2], "rewards": [reward, reward]}
+            "reward_std": 0.1, "seeds": [1, 2], "rewards": [reward, reward], "time_total": seconds}
 
 
 def evaluation(step: int, samples: int, accuracy: float, reward: float, kl: float | None, **extra) -> dict:

@@ -91,7 +91,11 @@ def run_rows(info: dict, records: Iterable[dict], run_dir: str) -> list[dict]:
             if k == "samples" and kind == "eval" and row.get("samples") is not None:
                 continue  # the train line's count wins; both should agree
             row[k] = v
-    return [{**run, "step": step, **row} for step, row in sorted(steps.items())]
+    out, train_s = [], 0.0
+    for step, row in sorted(steps.items()):
+        train_s += (row.get("time_total") or 0.0) if row["has_train"] else 0.0
+        out.append({**run, "step": step, **row, "train_s": train_s})  # training wall-clock so far (no evaluations)
+    return out
 
 
 def find_runs(root: str | Path) -> list[Path]:

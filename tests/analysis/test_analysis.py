@@ -235,6 +235,23 @@ def test_curves_align_runs_logged_at_different_samples(tmp_path):
     np.testing.assert_allclose(c["std"], np.std([[0.5, 1, 1.5, 2], [0, 1, 2, 3]], axis=0, ddof=1))
 
 
+def test_training_seconds_add_up_the_generations_and_curves_compare_at_equal_time(tmp_path):
+    """train_s: the sum of the generations' time_total up to a step (evaluations take none); eval_reward against it
+    compares two methods at equal wall-clock (results/wallclock_lowrank/)."""
+    cfg = F.run_config("es", "m", "t", 0)
+    fast = [F.evaluation(0, 0, 0.0, -6.0, None), F.train(1, 8, 0.0, 5.0), F.train(2, 16, 0.0, 7.0),
+            F.evaluation(2, 16, 0.0, -2.0, None)]
+    slow = [F.evaluation(0, 0, 0.0, -6.0, None), F.train(1, 8, 0.0, 12.0), F.evaluation(1, 8, 0.0, -5.0, None)]
+    F.write_run(tmp_path / "fast", "es", {**cfg, "seed": 0}, fast)
+    F.write_run(tmp_path / "slow", "es", {**cfg, "seed": 1, "es": {**cfg["es"], "population": 99}}, slow)
+    df = A.load_runs(tmp_path)
+    assert df.sort_values(["run_dir", "step"])["train_s"].tolist() == [0.0, 5.0, 12.0, 0.0, 12.0]
+    c = A.curves(df, "eval_reward", "train_s").sort_values(["label", "train_s"])
+    # two settings, one seed each, on the range both cover (0-12 s): each run's evaluations interpolated
+    assert sorted(set(c["train_s"])) == [0.0, 12.0]
+    assert c.groupby("train_s")["mean"].apply(sorted).to_dict() == {0.0: [-6.0, -6.0], 12.0: [-5.0, -2.0]}
+
+
 def test_figures_carry_the_regenerate_command(df, tmp_path):
     fig = A.plot_reward_vs_kl(A.reward_kl_points(df), command="CMD-1")
     assert any("Regenerate: CMD-1" in t.get_text() for t in fig.texts)
@@ -252,7 +269,7 @@ def test_cli_makes_every_artifact(tree, tmp_path, capsys):
     assert A.main([str(tree), "--out", str(out)]) == 0
     cmd = f"python -m es_repro.analysis {tree} --out {out}"
     names = {"runs.csv", "table1.csv", "table1.md", "table1.tex", "stability.csv", "stability.md", "stability.tex"}
-    for fig in ("reward_vs_kl", "learning_curves", "learning_curves_accuracy"):
+    for fig in ("reward_vs_kl", "learning_curves", "learning_curves_accuracy", "eval_reward_vs_time"):
         names |= {f"{fig}.png", f"{fig}.pdf", f"{fig}.csv"}
         assert Image.open(out / f"{fig}.png").info["Description"] == f"Regenerate: {cmd}"
     assert {p.name for p in out.iterdir()} == names

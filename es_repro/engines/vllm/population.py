@@ -77,7 +77,7 @@ def register_adapters(lora_manager, master, members: Sequence[Member], sigma: fl
     return time.perf_counter() - t0
 
 
-def dense_cpu_lora(lora_manager) -> int:
+def use_slot_groups_on_cpu(lora_manager) -> int:
     """On vLLM-CPU: the LoRA linears' Punica wrapper becomes SlotGroupsCPU (below) instead of gathering each token's
     adapter and multiplying token by token, slice by slice (PunicaWrapperCPU: ~35 small ops per layer, 30 layers
     deep, every decode step). Returns the wrappers switched (0 off CPU: CUDA keeps vLLM's Triton kernels)."""

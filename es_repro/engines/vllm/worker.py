@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from es_repro.config.schema import es_config_from_dict
 from es_repro.engines.lowrank import LowRankUpdate, lowrank_users
 from es_repro.engines.master import MODEL_FILE, Master
-from es_repro.engines.vllm.population import dense_cpu_lora, register_adapters
+from es_repro.engines.vllm.population import use_slot_groups_on_cpu, register_adapters
 from es_repro.engines.weights import cast_to, master_copy
 from es_repro.es.noise import noise_mode
 from es_repro.es.strategy import Member
@@ -206,7 +206,7 @@ class ESWorkerExtension:
         if es.lowrank:  # members are LoRA adapters (es_repro/engines/vllm/population.py); factors drawn in fp32
             self._es_master = LowRankEngineMaster(names, master, torch_dtype, mode, "float32", rule, write, device,
                                                   rank=es.lowrank, targets=targets)
-            dense_cpu_lora(self.model_runner.lora_manager)
+            use_slot_groups_on_cpu(self.model_runner.lora_manager)
         else:
             self._es_master = EngineMaster(names, master, torch_dtype, mode, es.noise_dtype, rule, write, device)
         self._es_master.restore()  # the engine holds cast(master) from the start, whatever its own loader rounded

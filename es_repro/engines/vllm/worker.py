@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from es_repro.config.schema import es_config_from_dict
 from es_repro.engines.lowrank import LowRankUpdate, lowrank_users
 from es_repro.engines.master import MODEL_FILE, Master
-from es_repro.engines.vllm.population import use_slot_groups_on_cpu, register_adapters
+from es_repro.engines.vllm.population import register_adapters, use_slot_groups_on_cpu
 from es_repro.engines.weights import cast_to, master_copy
 from es_repro.es.noise import noise_mode
 from es_repro.es.strategy import Member

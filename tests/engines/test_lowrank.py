@@ -28,17 +28,23 @@ def explicitly_perturbed(seed_model: int, tie: bool, weights: LowRankESWeights, 
     return ref
 
 
+def assert_batched_equals_explicit(model, weights: LowRankESWeights, tie: bool, members: list[Member]):
+    """One batched forward of the members (2 rows each) against each member's explicitly perturbed model; returns
+    the input ids."""
+    ids = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
+    with weights.population(members, 0.1):
+        logits = model(input_ids=ids.repeat(len(members), 1)).logits
+    for j, m in enumerate(members):
+        expected = explicitly_perturbed(0, tie, weights, m, 0.1)(input_ids=ids).logits
+        torch.testing.assert_close(logits[2 * j : 2 * j + 2], expected, rtol=1e-5, atol=2e-5)
+    return ids
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_batched_forward_equals_each_member_perturbed_explicitly(tie):
     model, _ = build_tiny_model(seed=0, tie_embeddings=tie)
     weights = LowRankESWeights(model, rank=2)
-    members = [Member(5, 1), Member(9, -1), Member(5, -1)]
-    ids = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
-    with weights.population(members, 0.1):
-        logits = model(input_ids=ids.repeat(3, 1)).logits
-    for j, m in enumerate(members):
-        expected = explicitly_perturbed(0, tie, weights, m, 0.1)(input_ids=ids).logits
-        torch.testing.assert_close(logits[2 * j : 2 * j + 2], expected, rtol=1e-5, atol=2e-5)
+    ids = assert_batched_equals_explicit(model, weights, tie, [Member(5, 1), Member(9, -1), Member(5, -1)])
     unperturbed, _ = build_tiny_model(seed=0, tie_embeddings=tie)  # hooks are gone after the block
     assert torch.equal(model(input_ids=ids).logits, unperturbed(input_ids=ids).logits)
 
@@ -101,13 +107,7 @@ def test_projection_targets_leave_the_embeddings_and_the_head_alone(tie):
     assert names and all(n.split(".")[-1].endswith("_proj") for n in names)
     assert {n for n, _, _ in lowrank_users(model, "all")} - set(names) >= {"model.embed_tokens", "lm_head"}
     weights = LowRankESWeights(model, rank=2, targets="projections")
-    members = [Member(5, 1), Member(9, -1)]
-    ids = torch.randint(0, 250, (2, 7), generator=torch.Generator().manual_seed(0))
-    with weights.population(members, 0.1):
-        logits = model(input_ids=ids.repeat(2, 1)).logits
-    for j, m in enumerate(members):
-        expected = explicitly_perturbed(0, tie, weights, m, 0.1)(input_ids=ids).logits
-        torch.testing.assert_close(logits[2 * j : 2 * j + 2], expected, rtol=1e-5, atol=2e-5)
+    assert_batched_equals_explicit(model, weights, tie, [Member(5, 1), Member(9, -1)])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     weights.apply_update([(5, 0.5), (9, -0.25)])
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}

@@ -18,6 +18,9 @@ es_repro/util/distributed.py, so SLURM, resume and replay are unchanged. The dri
   the device, no model file per evaluation.
 - checkpoints: the HF backend's files (model.safetensors, master.safetensors, update_rule.safetensors), so a run
   resumes on either engine.
+- es.lowrank > 0: the population engine instead of per-member writes: each wave of generation.vllm.max_loras
+  low-rank members is registered as LoRA adapters on the workers and generated in one call
+  (es_repro/engines/vllm/population.py).
 """
 from __future__ import annotations
 

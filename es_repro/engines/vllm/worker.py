@@ -245,8 +245,8 @@ class ESWorkerExtension:
         return {name: tensor_checksum(p) for name, p in self.model_runner.get_model().named_parameters()}
 
     def es_warm_noise(self) -> None:
-        """Read the noise in once (es.noise=table: the table onto this worker's device), as a run does before its
-        first generation through the noise fingerprint; the benchmark's warm-up."""
+        """Read the noise in once (es.noise=table: the table onto this worker's device): the benchmark's warm-up. A run
+        pays it once, at its first member."""
         self._es_master.draw(0, 0)
 
     def es_keep_base(self) -> None:

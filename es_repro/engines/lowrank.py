@@ -107,7 +107,7 @@ class LowRankESWeights(LowRankUpdate, ESWeights):
         super().__init__(model, noise_mode=noise, noise_dtype="float32", rule=rule, master_device=master_device)
         self.rank, self.targets = rank, targets
         self.users = [(mod, i) for _, mod, i in lowrank_users(model, targets)]
-        self.matrix_ids = self.moving = sorted({i for _, i in self.users})
+        self.moving = sorted({i for _, i in self.users})
 
     @contextmanager
     def population(self, members: Sequence[Member], sigma: float):
@@ -116,7 +116,7 @@ class LowRankESWeights(LowRankUpdate, ESWeights):
         # the hooks run in the model's dtype (no fp32 round trip of bf16 activations), with the member's scale
         # folded into A: two batched matmuls per layer and no other op
         factors = {i: member_factors(self.params[i], i, members, sigma, self.rank, self.noise_mode, self.params[i].dtype)
-                   for i in self.matrix_ids}
+                   for i in self.moving}
         handles = []
         for module, i in self.users:
             a, b = factors[i]

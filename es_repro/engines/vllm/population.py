@@ -99,11 +99,14 @@ def _slot_groups_class(base: type) -> type:
         - The population's decode steps: the tokens come in n equal runs, one slot each (a member's P prompts, as
           the waves submit them; vLLM picks the slots): x viewed as (n, P, in), h = bmm(x, A[order]),
           y_s += bmm(h_s, B_s[order]); the HF engine's hooks compute the same two batched products.
-        - Any other layout (prefill, a request without an adapter): every slot for every token in two dense GEMMs,
-          each token keeping its own slot by a mask (slot -1: nothing).
+        - Any other layout (prefill, a mix with requests without an adapter): every slot for every token in two
+          dense GEMMs, each token keeping its own slot by a mask (slot -1: nothing). A step with no adapter at all
+          (an evaluation, KL scoring) adds nothing.
         The layout test runs once per step (the token -> slot map's version)."""
 
         def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kw):
+            if self._es_no_adapter():  # an evaluation's or KL's batch: the base weights alone, no LoRA work
+                return
             a, bs = self._es_layer(lora_a_stacked, lora_b_stacked, output_slices)
             slots, slices, rank = a.shape[0], len(output_slices), lora_a_stacked[0].shape[-2]
             x = x.view(-1, x.shape[-1]).to(torch.float32)
@@ -148,6 +151,13 @@ def _slot_groups_class(base: type) -> type:
             if cache is None or cache[0] != step:
                 cache = self._es_step_cache = (step, {})
             return cache[1]
+
+        def _es_no_adapter(self) -> bool:
+            """Every token of this step is without an adapter (slot -1; vLLM's no_lora is set by prefill only)."""
+            step = self._es_step()
+            if "no adapter" not in step:
+                step["no adapter"] = bool((self.token_lora_indices < 0).all())
+            return step["no adapter"]
 
         def _es_runs(self, slots: int) -> tuple[torch.Tensor, int] | None:
             """(the slot of each run, tokens per run) when the tokens come in equal runs of distinct slots."""

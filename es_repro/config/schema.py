@@ -123,6 +123,11 @@ class GenerationConfig:
     cache: str = "dynamic"  # dynamic | static: a preallocated KV cache (on CUDA: compiled decode with CUDA graphs)
     compile: str = "auto"  # auto: compile with a static cache on CUDA (transformers' rule) | on: on CPU too | off
     packed_weights: str = "auto"  # auto: a bf16 model on CPU multiplies with oneDNN-packed weights (same bits) | on | off
+    # Greedy decoding of full-rank members through es-repro's own loop for Llama-family models on CPU
+    # (es_repro/engines/hf/decode.py): deterministic, not HF eager's bits. auto: on CPU unless es.seed_stream=released
+    # (the release's arithmetic), a low-rank run (forward hooks), a static cache or a compiled decode | on | off
+    fast_decode: str = "auto"
+    linear_kernel: str = "auto"  # the fast decode's matmul: auto (a fixed rule per dtype and CPU vendor) | linear | packed | mm_t
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # generation.backend=vllm settings
 
 

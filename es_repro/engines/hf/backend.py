@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.engines.base import Backend, builds, eval_mode
 from es_repro.engines.hf import memory
+from es_repro.engines.hf.decode import FastDecoder, unsupported
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
 from es_repro.engines.lowrank import LowRankESWeights, lowrank_member_mean
@@ -43,7 +44,9 @@ class HFBackend(Backend):
     def describe(self) -> dict:
         """Generation settings that change greedy outputs, for run.json."""
         g = self.generator
-        return {"name": self.name, "repetition_penalty": g.repetition_penalty, "cache": g.cache, "compile": g.compile}
+        decoder = f"fast ({g.decoder.kernel} linears)" if g.decoder is not None else "hf generate"
+        return {"name": self.name, "repetition_penalty": g.repetition_penalty, "cache": g.cache, "compile": g.compile,
+                "greedy_decoder": decoder}
 
     # generation ---------------------------------------------------------------------------------------------
     @property
@@ -109,7 +112,9 @@ class HFBackend(Backend):
         self._es_weights().load(path)
 
     def export(self, path: Path) -> None:
-        self.model.save_pretrained(path)
+        # cloned: the fast decode keeps some layers' weights as views of one stacked tensor, and safetensors refuses
+        # tensors that share storage
+        self.model.save_pretrained(path, state_dict={k: v.clone() for k, v in self.model.state_dict().items()})
         self.tokenizer.save_pretrained(path)
 
 
@@ -152,6 +157,18 @@ def pack_weights(cfg, model) -> bool:
     return install_packed_linears(model) > 0
 
 
+def fast_decoder(cfg, model) -> FastDecoder | None:
+    """generation.fast_decode (es_repro/engines/hf/decode.py) for a full-rank HF run; the checks refuse =on where a
+    setting rules it out, and the model's own limits are FastDecoder's error."""
+    g = cfg.generation
+    if g.fast_decode == "off":
+        return None
+    if g.fast_decode == "auto" and (unsupported(model) or cfg.es.seed_stream == "released" or cfg.es.lowrank
+                                    or g.cache == "static" or g.compile == "on"):
+        return None
+    return FastDecoder(model, g.linear_kernel)
+
+
 def make_weights(model, es_cfg) -> ESWeights:
     """The ES view of a model for an ESConfig: full-rank noise (default) or low-rank population mode."""
     rule = build_update_rule(es_cfg)
@@ -172,7 +189,9 @@ def build(cfg, task: Task) -> HFBackend:
 
     model, tokenizer = load_model(cfg.model)
     pack_weights(cfg, model)
-    args = (model, tokenizer, make_generator(cfg, task, model, tokenizer), make_weights(model, cfg.es))
+    generator = make_generator(cfg, task, model, tokenizer)
+    generator.decoder = fast_decoder(cfg, model)  # first: it stacks layers' weights in place (before the ES view)
+    args = (model, tokenizer, generator, make_weights(model, cfg.es))
     reference = lambda: load_model(cfg.model)[0]  # noqa: E731
     if cfg.es.lowrank:
         backend = HFLowRankBackend(*args, reference=reference, members_per_forward=cfg.es.members_per_forward)

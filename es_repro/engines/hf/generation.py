@@ -53,6 +53,7 @@ class HFGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.cache, self.compile = cache, compile
         self.min_new_tokens = 0  # the benchmark forces full-length generations with it
+        self.decoder = None  # a FastDecoder (es_repro/engines/hf/decode.py): greedy calls go through it, not generate
         self.calls: list[tuple[int, int, int]] = []  # (batch, padded prompt width, decode steps) per generate call
         self.repetition_penalty = model_repetition_penalty(model) if repetition_penalty is None else repetition_penalty
         self.prompt_format = prompt_format
@@ -105,12 +106,27 @@ class HFGenerator:
             kwargs.update(min_new_tokens=min(self.min_new_tokens, kwargs["max_new_tokens"]))
         kwargs.update(self._cache_kwargs())
         width = enc["input_ids"].shape[1]
-        out = self.model.generate(**enc, **kwargs)
+        if self.decoder is not None and not sample:
+            out = self._fast_generate(enc, kwargs)
+        else:
+            out = self.model.generate(**enc, **kwargs)
         self.calls.append((len(texts), width, out.shape[1] - width))
         prompts = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
         completions = [_trim(row[width:].tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) for row in out]
         self.generated_tokens += sum(map(len, completions))
         return prompts, completions
+
+    def _fast_generate(self, enc, kwargs: dict) -> torch.Tensor:
+        """The greedy call through self.decoder, with generate's settings; a row stops once its completion holds a
+        stop string (what generate's stop criterion ends on; the completion is cut there either way)."""
+        stopped, window = None, 0
+        if self.stop_strings:
+            stops = self.stop_strings
+            window = max(map(len, stops)) + 4  # tokens: every token adds at least one character
+            stopped = lambda ids: any(s in self.tokenizer.decode(ids, skip_special_tokens=True) for s in stops)  # noqa: E731
+        return self.decoder.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=kwargs["max_new_tokens"],
+                                     pad_token_id=kwargs["pad_token_id"], min_new_tokens=kwargs.get("min_new_tokens", 0),
+                                     repetition_penalty=self.repetition_penalty, stopped=stopped, stop_window=window)
 
     def _cache_kwargs(self) -> dict:
         """generation.cache=static: a preallocated KV cache, so every decode step has the same shapes; transformers

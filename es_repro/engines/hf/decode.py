@@ -1,24 +1,25 @@
-"""A lean greedy decode for Llama-family models on CPU (generation.fast_decode).
+"""es-repro's own greedy decode for Llama-family models on CPU (generation.fast_decode).
 
-Why: a decode step at a small batch should cost about one read of the weights. Through HF ``generate`` it costs
-two to four times that on 2 CPU cores (docs/speed.md, "Where a decode step of the main job goes"): the linears
-stream weights at half the bandwidth in bf16, and per layer a few dozen small ops (KV-cache cat, RoPE, masks,
-norms, logits over every position of the prefill) cost tens of microseconds each. This loop does the same
-computation with fewer, larger ops:
-- the KV cache is preallocated for the whole generation and written in place (no cat);
-- q, k and v are one projection, and so are gate and up, when the kernel packs weights (``Projection``);
-- RoPE is applied to q and k in one pass; cos/sin come once per call from the model's own rotary module;
-- logits are computed for the last position only.
+Why: a decode step at a small batch should cost about one read of the weights. Through HF ``generate`` it cost
+1.6-3x that on 2 CPU cores (docs/speed.md, "Where a decode step of the main job goes"), a third of it Python and
+dispatch around a few dozen small ops per layer (KV-cache cat, RoPE, masks, norms). This loop computes the same
+function with fewer ops and no per-step Python:
+- each layer's q/k/v and gate/up weights are one stacked tensor, the layers' parameters views of it
+  (``stack_in_place``), so one matmul serves them and perturb/restore/update write it with nothing copied;
+- the KV cache is one preallocated buffer per layer, written in place; every step attends over all its slots,
+  unwritten ones masked, so all steps of a call have one shape;
+- RoPE is applied to q and k in one pass; logits are computed for the last position only;
+- the decode step is traced once per shape (``torch.jit.trace``) and replayed by the TorchScript interpreter.
 
-It is deterministic (the same bits for the same weights and input on the same machine and thread count), but its
-bits are not HF eager's: reductions run in another order. Runs that must match the released script's arithmetic
-(es=released, the benchmark's paper mode) keep HF ``generate``. Greedy decoding only: sampled completions (the KL
-estimate) and low-rank members (forward hooks) go through HF ``generate``.
+It is deterministic (the same bits for the same weights and input on the same machine and thread count; traced
+or eager), but its bits are not HF eager's: reductions run in another order. Runs that must match the released
+script's arithmetic (es.seed_stream=released, the benchmark's paper mode) keep HF ``generate``, and so do sampled
+completions (the KL estimate) and low-rank members (forward hooks).
 
-The linear kernel (generation.linear_kernel) is chosen by a fixed rule, never by timing, so a resumed run computes
-the same bits: oneDNN-packed weights for bf16 (``packed``, the bits of ``F.linear``), ``torch.mm`` on the stored
-layout for fp32 on AMD CPUs (``mm_t``: MKL's ``F.linear`` streamed fp32 weights at 5.5 GB/s on an AVX2-only EPYC,
-``mm(W, x.T)`` at 21 GB/s), ``F.linear`` otherwise (``linear``: at the bandwidth on the Intel Xeons measured).
+The matmul kernel (generation.linear_kernel) is chosen by a fixed rule, never by timing, so a resumed run computes
+the bits its first launch did: ``mm_t`` (``mm(W, x^T)``, W read in its stored layout) for bf16, and for fp32 on AMD
+CPUs (MKL's ``F.linear`` streamed fp32 weights at 5.5 GB/s on an AVX2-only EPYC, ``mm(W, x^T)`` at 21 GB/s);
+``linear`` (``F.linear``) for fp32 elsewhere (22 GB/s on the Intel Xeon measured, where ``mm_t`` fp32 reached 10.6).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "" where there is none: a fixed fact of the
+    machine, so the kernel rule gives a resumed run the same kernel."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

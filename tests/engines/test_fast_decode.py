@@ -155,3 +155,14 @@ def test_a_run_records_its_decoder(tmp_path):
     run_es(make_cfg(["es.generations=1", "eval.kl_samples=0"]), tmp_path)
     backend = json.loads((tmp_path / "run.json").read_text())["backend"]
     assert backend["greedy_decoder"] == f"fast ({resolve_kernel('auto', torch.float32)} linears)"
+
+
+def test_the_export_of_stacked_weights_equals_the_plain_models(tmp_path):
+    from safetensors.torch import load_file
+
+    plain, stacked = tiny_model("qwen2"), tiny_model("qwen2")
+    FastDecoder(stacked)
+    plain.save_pretrained(tmp_path / "plain")
+    stacked.save_pretrained(tmp_path / "stacked")
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("plain", "stacked"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,7 +8,7 @@ from es_repro.util.errors import ConfigError
 
 def check(cfg) -> None:
     from es_repro.engines.base import BACKENDS, engine_class, engine_name
-    from es_repro.engines.hf.decode import FAST_DECODE, LINEAR_KERNELS
+    from es_repro.engines.hf.decode import FAST_DECODE, LINEAR_KERNELS, ruled_out_by_settings
     from es_repro.engines.hf.generation import CACHES, COMPILE_MODES
     from es_repro.engines.hf.packed import PACKED_WEIGHTS
 
@@ -22,9 +22,10 @@ def check(cfg) -> None:
                           "decode reads the weights itself); set one of them to auto/off")
     one_of("generation.fast_decode", g.fast_decode, FAST_DECODE)
     one_of("generation.linear_kernel", g.linear_kernel, LINEAR_KERNELS)
-    if g.fast_decode == "on" and (cfg.es.lowrank or g.cache == "static" or g.compile == "on"):
-        raise ConfigError("generation.fast_decode=on runs full-rank members with generation.cache=dynamic and "
-                          "generation.compile=auto/off; set generation.fast_decode=auto or off")
+    if g.fast_decode == "on" and ruled_out_by_settings(cfg):
+        raise ConfigError(f"generation.fast_decode=on cannot run with {ruled_out_by_settings(cfg)}: it runs full-rank "
+                          f"members with generation.cache=dynamic and generation.compile=auto/off; set "
+                          f"generation.fast_decode=auto or off")
     if g.repetition_penalty is not None:
         positive("generation.repetition_penalty", g.repetition_penalty)
     if g.backend not in BACKENDS and ":" not in g.backend:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import platform
 import socket
-from pathlib import Path
 
 import torch
 
 from es_repro.es.noise import noise_mode, tensor_noise
 from es_repro.util.errors import RunStateError
+from es_repro.util.machine import cpuinfo_field
 
 # 2^22 values: past the size where CUDA's randn launch is capped by the SM count on current GPUs (~1M), so the
 # fingerprint sees what a model's large tensors see. About 16 MB, drawn once per launch.
@@ -48,13 +48,7 @@ def device_facts(device: torch.device) -> dict:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def this_process(cfg) -> dict:

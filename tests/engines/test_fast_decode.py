@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from es_repro.engines.base import build_backend
 from es_repro.engines.hf.decode import FastDecoder, resolve_kernel
+from es_repro.engines.hf.packed import packing_available
 from es_repro.tasks import task_from_config
 from es_repro.train import run_es
 from es_repro.util.errors import ConfigError
@@ -86,7 +87,9 @@ def test_eos_and_stop_end_rows_as_generate_does():
     assert (stopped[1, ids.shape[1] + first + 1 :] == 0).all()
 
 
-KERNELS = [("linear", torch.float32), ("mm_t", torch.float32), ("linear", torch.bfloat16), ("mm_t", torch.bfloat16)]
+KERNELS = [("linear", torch.float32), ("mm_t", torch.float32), ("linear", torch.bfloat16), ("mm_t", torch.bfloat16),
+           pytest.param("packed", torch.bfloat16, marks=pytest.mark.skipif(not packing_available(),
+                                                                           reason="no oneDNN bf16 kernels"))]
 
 
 @pytest.mark.parametrize("kernel,dtype", KERNELS)

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from es_repro.engines.base import Backend, builds, eval_mode
 from es_repro.engines.hf import memory
-from es_repro.engines.hf.decode import FastDecoder, unsupported
+from es_repro.engines.hf.decode import FastDecoder, ruled_out_by_settings, unsupported
 from es_repro.engines.hf.generation import HFGenerator
 from es_repro.engines.hf.packed import install_packed_linears, use_packed_weights
 from es_repro.engines.lowrank import LowRankESWeights, lowrank_member_mean
@@ -161,8 +161,8 @@ def fast_decoder(cfg, model) -> FastDecoder | None:
     g = cfg.generation
     if g.fast_decode == "off":
         return None
-    if g.fast_decode == "auto" and (unsupported(model) or cfg.es.seed_stream == "released" or cfg.es.lowrank
-                                    or g.cache == "static" or g.compile == "on"):
+    if g.fast_decode == "auto" and (unsupported(model) or cfg.es.seed_stream == "released"
+                                    or ruled_out_by_settings(cfg)):
         return None
     return FastDecoder(model, g.linear_kernel)
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from es_repro.engines.hf.packed import packing_available
+from es_repro.engines.hf.packed import PackedWeight, packing_available
+from es_repro.util.machine import cpuinfo_field
 
 FAST_DECODE = ("auto", "on", "off")  # generation.fast_decode
 LINEAR_KERNELS = ("auto", "linear", "packed", "mm_t")  # generation.linear_kernel
@@ -51,17 +52,21 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
+def ruled_out_by_settings(cfg) -> str | None:
+    """The run setting that keeps HF generate (generation.fast_decode=auto steps aside; =on is refused), or None."""
+    g = cfg.generation
+    for setting, rules_out in (("es.lowrank > 0 (forward hooks)", cfg.es.lowrank),
+                               ("generation.cache=static", g.cache == "static"),
+                               ("generation.compile=on", g.compile == "on")):
+        if rules_out:
+            return setting
+    return None
+
+
 def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "" where there is none: a fixed fact of the
-    machine, so the kernel rule gives a resumed run the same kernel."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "": a fixed fact of the machine, so the kernel
+    rule gives a resumed run the same kernel."""
+    return cpuinfo_field("vendor_id")
 
 
 def resolve_kernel(setting: str, dtype: torch.dtype) -> str:
@@ -106,14 +111,13 @@ class Projection:
     """y = x @ W^T + b for W the stacked weight of nn.Linear layers sharing one input (``stack_in_place``).
 
     Kernels: ``linear`` is ``F.linear``; ``mm_t`` is ``mm(W, x^T)^T``, which reads W in its stored layout;
-    ``packed`` multiplies by a oneDNN-packed copy of W, remade whenever W changed (a view shares its base's version
-    counter, so every in-place write to any of the layers moves it)."""
+    ``packed`` multiplies by a oneDNN-packed copy of W (``PackedWeight``: remade whenever W changed; a view shares
+    its base's version counter, so every in-place write to any of the layers moves it)."""
 
     def __init__(self, linears: Sequence[nn.Linear], kernel: str):
         self.kernel, self.sizes = kernel, [m.out_features for m in linears]
         self.weight, self.bias = stack_in_place(linears)
-        self.key: tuple | None = None
-        self.packed: torch.Tensor | None = None
+        self.pack = PackedWeight()
 
     def stacked(self, x: torch.Tensor) -> torch.Tensor:
         """x [rows, in] -> [rows, sum(out_i)], the layers' outputs side by side."""
@@ -121,10 +125,7 @@ class Projection:
         if self.kernel == "mm_t":
             return (torch.mm(w, x.t()) if b is None else torch.addmm(b[:, None], w, x.t())).t()
         if self.kernel == "packed":
-            key = tuple((t.data_ptr(), t._version) for t in (w, b) if t is not None)
-            if key != self.key:
-                self.packed, self.key = torch.ops.mkldnn._reorder_linear_weight(w.detach()), key
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, b, "none", [], "")
+            return self.pack.linear(x, w, b)
         return F.linear(x, w, b)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -186,7 +187,8 @@ class FastDecoder:
     def __init__(self, model: nn.Module, kernel: str = "auto"):
         reason = unsupported(model)
         if reason:
-            raise ValueError(f"generation.fast_decode=on cannot run this model: {reason} (use generation.fast_decode=auto)")
+            raise ValueError(f"generation.fast_decode=on cannot run this model: {reason} "
+                             f"(use generation.fast_decode=auto)")
         c, inner = model.config, model.model
         # ES never differentiates the model, and a trace refuses constants that require grad
         model.requires_grad_(False)
@@ -220,7 +222,8 @@ class FastDecoder:
         for layer, keys, values in zip(self.layers, state.keys, state.values):
             # contiguous: the flash kernel, called by name, reads rows as if their last stride were 1 (mm_t's output
             # is transposed; passing it as is gave different bits run to run)
-            y = layer.qkv.stacked(rms_norm(x, layer.input_norm).view(B * L, -1)).reshape(B, L, h + 2 * kv, d).contiguous()
+            y = layer.qkv.stacked(rms_norm(x, layer.input_norm).view(B * L, -1))
+            y = y.reshape(B, L, h + 2 * kv, d).contiguous()
             # RoPE on q and k together, HF's half-split convention: x cos + [x2, x1] [-sin, sin]; roll gives [x2, x1]
             qk = y[:, :, : h + kv]
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
@@ -281,7 +284,8 @@ class FastDecoder:
         causal = torch.ones(W, mask.shape[-1], dtype=torch.bool).triu(1)
         prefill = mask.expand(B, 1, W, -1).masked_fill(causal, float("-inf"))
         prefill[..., torch.arange(W), torch.arange(W)] = 0.0
-        logits = self.forward(state, input_ids, prompt_pos, torch.arange(W), prefill.repeat(1, 1, self.heads // self.kv_heads, 1))
+        prefill = prefill.repeat(1, 1, self.heads // self.kv_heads, 1)  # per query row of a group (forward)
+        logits = self.forward(state, input_ids, prompt_pos, torch.arange(W), prefill)
         seqs = torch.full((B, total), pad_token_id, dtype=torch.long)
         seqs[:, :W] = input_ids
         done = torch.zeros(B, dtype=torch.bool)
@@ -307,6 +311,8 @@ class FastDecoder:
             if bool(done.all()) or steps == max_new_tokens:
                 break
             mask[..., W + t] = 0.0
-            with torch.jit.optimized_execution(False):  # the graph as traced: no profiling-executor rewrites
+            # the graph as traced: the profiling executor's rewrites may treat its constants as fixed, and the weights
+            # and KV buffers among them are written outside it
+            with torch.jit.optimized_execution(False):
                 logits = step(token[:, None], (next_pos + t)[:, None], torch.tensor([W + t]), mask)
         return seqs[:, : W + steps]

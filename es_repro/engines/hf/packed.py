@@ -35,22 +35,33 @@ def use_packed_weights(setting: str, model: nn.Module) -> bool:
     return setting != "off" and possible
 
 
+class PackedWeight:
+    """A oneDNN-packed copy of one bf16 weight, remade whenever the weight changed: its (identity, storage, version)
+    moves with every in-place write (perturb, restore, update, load), so a stale pack is never used."""
+
+    def __init__(self):
+        self.packed: torch.Tensor | None = None
+        self.key: tuple | None = None  # (tensor identity, storage, version) of the weight the pack was made from
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """F.linear(x, weight, bias)'s bits, from the pack (the bias is read as it is)."""
+        key = (id(weight), weight.data_ptr(), weight._version)
+        if key != self.key:
+            self.packed, self.key = torch.ops.mkldnn._reorder_linear_weight(weight.detach()), key
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+
 class PackedLinear:
     """Installed as ``module.forward`` of one nn.Linear: the same result as its own forward, from a packed copy."""
 
     def __init__(self, module: nn.Linear):
-        self.module = module
-        self.packed: torch.Tensor | None = None
-        self.key: tuple | None = None  # (tensor identity, version) of the weight the pack was made from
+        self.module, self.pack = module, PackedWeight()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w, bias = self.module.weight, self.module.bias
         if torch.is_grad_enabled() or x.dtype != torch.bfloat16 or w.dtype != torch.bfloat16 or x.device.type != "cpu":
             return F.linear(x, w, bias)
-        key = (id(w), w.data_ptr(), w._version)
-        if key != self.key:
-            self.packed, self.key = torch.ops.mkldnn._reorder_linear_weight(w.detach()), key
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        return self.pack.linear(x, w, bias)
 
 
 def install_packed_linears(model: nn.Module) -> int:

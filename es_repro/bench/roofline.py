@@ -14,7 +14,10 @@ are in W too (a rounding error). Nothing else is counted (activations, logits, s
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import torch
 
 # HBM bandwidth and dense bf16 tensor-core peak from the vendors' data sheets. A key matches every device whose
 # name contains it, so each row holds the highest numbers of the parts it matches (the bound must stay a lower
@@ -75,3 +78,21 @@ def device_limits(name: str | None, bandwidth_gbs: float | None, peak_tflops: fl
         if name and key in name.upper():
             return limits
     return None
+
+
+READ_PROBE_BYTES = 1 << 30  # more than the largest CPU last-level cache seen here (480 MiB), so the sum reads memory
+
+
+def measured_read_bandwidth(repeats: int = 10) -> float:
+    """The CPU's read bandwidth in bytes/s, as the weights of a decode step are read: a sum over a 1 GiB float32
+    buffer at the current thread count, the best of ``repeats`` (the machine's capability: the limit built from it
+    stays a lower bound). Measured just before a benchmark row, since on a shared host it moves by a few percent
+    over minutes."""
+    buffer = torch.ones(READ_PROBE_BYTES // 4)
+    buffer.sum()  # first touch
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return READ_PROBE_BYTES / best

@@ -297,6 +297,16 @@ def _population_ratios(results: dict) -> None:
                   f"({r['total_s']:.1f}s against {full['total_s']:.1f}s)")
 
 
+def _bandwidth(value: str) -> float | str:
+    """--mem-bandwidth-gbs: GB/s, or 'measure'."""
+    if value == "measure":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither GB/s nor 'measure'") from None
+
+
 def _cell(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -324,7 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--inflight", type=int, default=2, help="inflight mode: processes sharing the device")
     ap.add_argument("--force-tokens", action="store_true", help="every sequence generates --max-new-tokens tokens")
     ap.add_argument("--prompt-tokens", type=int, default=0, help="cut each prompt to this many tokens (raw prompts)")
-    ap.add_argument("--mem-bandwidth-gbs", type=float, default=None, help="for the limit column (else from the GPU name)")
+    ap.add_argument("--mem-bandwidth-gbs", type=_bandwidth, default=None,
+                    help="for the limit column (else from the GPU name); 'measure': on CPU, a 1 GiB read measured "
+                         "just before each row (its bw_GBs column)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, for the limit column")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     args = ap.parse_args(argv)
@@ -344,22 +356,34 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--timed-members={args.timed_members} must be <= N={cfg.es.population} and, with lowrank, "
                          f"a multiple of --members-per-forward={cfg.es.members_per_forward}")
     cuda = torch.cuda.is_available() and cfg.model.device != "cpu"
-    limits = roofline.device_limits(torch.cuda.get_device_name() if cuda else None, args.mem_bandwidth_gbs,
-                                    args.peak_tflops)
+    measure = args.mem_bandwidth_gbs == "measure"
+    if measure and (cuda or not args.peak_tflops):
+        raise SystemExit("--mem-bandwidth-gbs measure reads CPU memory: use it on CPU (--device cpu), "
+                         "with --peak-tflops")
+    limits = roofline.device_limits(torch.cuda.get_device_name() if cuda else None,
+                                    None if measure else args.mem_bandwidth_gbs, args.peak_tflops)
+    if measure:
+        limits = (float("nan"), args.peak_tflops * 1e12)  # the bandwidth is measured per row, below
     cols = ["total_s", "generate_s", "perturb_s", "restore_s", "update_s", "reward_s", "tokens", "tok_per_s",
-            "gen_tok_per_s", "overhead", "ms_per_step"] + (["limit_s", "of_limit"] if limits else [])
+            "gen_tok_per_s", "overhead", "ms_per_step"] + (["limit_s", "of_limit"] if limits else []) + (
+        ["bw_GBs"] if measure else [])
     print(f"model={cfg.model.name} N={cfg.es.population} prompts={len(task.train_rows)} "
           f"max_new_tokens={cfg.task.max_new_tokens}{' (forced)' if args.force_tokens else ''} "
           f"threads={torch.get_num_threads()} timed_members={args.timed_members or cfg.es.population}"
-          + (f" limits: {limits[0] / 1e9:g} GB/s, {limits[1] / 1e12:g} TFLOP/s" if limits else " (no limit column: "
+          + (f" limits: {limits[0] / 1e9:g} GB/s, {limits[1] / 1e12:g} TFLOP/s" if limits and not measure else
+             f" limits: the bw_GBs measured before each row, {args.peak_tflops:g} TFLOP/s" if measure else
+             " (no limit column: "
              "give --mem-bandwidth-gbs and --peak-tflops)"))
     print("| mode | dtype | " + " | ".join(cols + ["peak_rss_GiB", "peak_cuda_GiB", "reward_mean"]) + " |")
     print("|---|---|" + "---|" * (len(cols) + 3))
     results = {}
     for mode, dtype in specs:
+        if measure:
+            limits = (roofline.measured_read_bandwidth(), limits[1])
         if mode == "inflight":  # its own processes: memory is theirs, summed
             r = results[f"inflight{args.inflight}@{dtype}"] = bench_inflight(
                 cfg, dtype, args.inflight, args.timed_members, args.force_tokens, args.prompt_tokens, limits)
+            r["bw_GBs"] = limits[0] / 1e9 if measure else None
             print(f"| inflight x{args.inflight} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
                   + f" | {r['peak_rss_GiB']:.2f} | {r['peak_cuda_GiB']:.2f} | {r['reward_mean']:.4f} |", flush=True)
             continue
@@ -383,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             r = results[f"{mode}@{dtype}"] = bench_generation(cfg, backend, task, timed_members=args.timed_members,
                                                               limits=limits)
+        r["bw_GBs"] = limits[0] / 1e9 if measure else None
         cuda_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
         print(f"| {mode} | {dtype} | " + " | ".join(_cell(r[c]) for c in cols)
               + f" | {peak_rss_gib():.2f} | {cuda_peak:.2f} | {r['reward_mean']:.4f} |", flush=True)

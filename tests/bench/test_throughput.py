@@ -245,3 +245,29 @@ def test_prompts_are_cut_to_the_given_token_count():
     cfg, task, backend = _setup()
     cut = bench.cut_prompts(task, backend.tokenizer, 5)
     assert [len(backend.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) for r in cut.train_rows] == [5] * 3
+
+
+def test_bench_measures_the_bandwidth_before_each_row(capsys, monkeypatch):
+    """--mem-bandwidth-gbs measure: each row's limits are built from the bandwidth measured just before it (shown in
+    its bw_GBs column) and the given peak."""
+    from es_repro.bench import roofline
+
+    measured, seen, real_bench = iter([10e9, 20e9]), [], bench.bench_generation
+    monkeypatch.setattr(roofline, "measured_read_bandwidth", lambda: next(measured))
+
+    def kept_limits(*args, limits, **kwargs):
+        seen.append(limits)
+        return real_bench(*args, limits=limits, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_generation", kept_limits)
+    bench.main(["--model", "tiny-random", "--task", "synthetic", "--population", "2", "--prompts", "2",
+                "--max-new-tokens", "3", "--force-tokens", "--modes", "default@float32,default@float32",
+                "--mem-bandwidth-gbs", "measure", "--peak-tflops", "3"])
+    out = capsys.readouterr().out
+    header, *rows = (line.split(" | ") for line in out.splitlines() if line.startswith(("| mode |", "| default |")))
+    assert seen == [(10e9, 3e12), (20e9, 3e12)]
+    assert [row[header.index("bw_GBs")] for row in rows] == ["10.000", "20.000"]
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "tiny-random", "--task", "synthetic", "--mem-bandwidth-gbs", "fast"])
+    with pytest.raises(SystemExit, match="--peak-tflops"):
+        bench.main(["--model", "tiny-random", "--task", "synthetic", "--mem-bandwidth-gbs", "measure"])

@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from es_repro.engines.base import build_backend
-from es_repro.engines.hf.decode import FastDecoder, resolve_kernel
+from es_repro.engines.hf.decode import FastDecoder, resolve_kernel, rms_norm
 from es_repro.engines.hf.packed import packing_available
 from es_repro.tasks import task_from_config
 from es_repro.train import run_es
@@ -108,7 +108,25 @@ def test_same_bits_run_to_run_traced_or_not(kernel, dtype):
     state = decoder.states[next(iter(decoder.states))]
     args = (ids[:, -1:], torch.full((3, 1), 9), torch.tensor([9]), state.mask)
     with torch.no_grad():
-        assert torch.equal(state.step(*args), decoder.forward(state, *args))
+        assert torch.equal(state.step(*args), decoder.forward(state, *args, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rms_norm_is_hf_llama_rms_norm(dtype):
+    """The decode's norm (one F.rms_norm in bf16) against HF's module: the same bits in bf16, where HF normalises in
+    float32, rounds, then scales; to float rounding in fp32 (F.rms_norm sums in another order)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(576, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+    norm = norm.to(dtype)
+    x = (torch.randn(4, 5, 576, generator=torch.Generator().manual_seed(2)) * 3).to(dtype)
+    ours, theirs = rms_norm(x, norm, 576), norm(x)
+    if dtype == torch.bfloat16:
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

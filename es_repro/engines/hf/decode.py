@@ -6,9 +6,10 @@ dispatch around a few dozen small ops per layer (KV-cache cat, RoPE, masks, norm
 function with fewer ops and no per-step Python:
 - each layer's q/k/v and gate/up weights are one stacked tensor, the layers' parameters views of it
   (``stack_in_place``), so one matmul serves them and perturb/restore/update write it with nothing copied;
-- the KV cache is one preallocated buffer per layer, written in place; every step attends over all its slots,
-  unwritten ones masked, so all steps of a call have one shape;
-- RoPE is applied to q and k in one pass; logits are computed for the last position only;
+- the KV cache is one preallocated buffer per layer (K and V side by side), written in place by one op; every step
+  attends over all its slots, unwritten ones masked, so all steps of a call have one shape;
+- RoPE is one pass over the q/k/v output (the value heads' tables are the identity); logits are computed for the
+  last position only;
 - the decode step is traced once per shape (``torch.jit.trace``) and replayed by the TorchScript interpreter.
 
 It is deterministic (the same bits for the same weights and input on the same machine and thread count; traced
@@ -115,7 +116,8 @@ class Projection:
     its base's version counter, so every in-place write to any of the layers moves it)."""
 
     def __init__(self, linears: Sequence[nn.Linear], kernel: str):
-        self.kernel, self.sizes = kernel, [m.out_features for m in linears]
+        sizes = [m.out_features for m in linears]
+        self.kernel, self.spans = kernel, [(sum(sizes[:i]), n) for i, n in enumerate(sizes)]  # (start, size) per layer
         self.weight, self.bias = stack_in_place(linears)
         self.pack = PackedWeight()
 
@@ -128,16 +130,14 @@ class Projection:
             return self.pack.linear(x, w, b)
         return F.linear(x, w, b)
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: [rows, in] -> one [rows, out_i] per layer (views of one output)."""
-        return list(self.stacked(x).split(self.sizes, dim=-1))
 
-
-def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """HF's LlamaRMSNorm: normalised in float32, rounded to the input dtype, then scaled by the weight."""
+def rms_norm(x: torch.Tensor, norm: nn.Module, size: int) -> torch.Tensor:
+    """HF's LlamaRMSNorm over the last dim (``size``, a plain int so a trace holds no size ops): normalised in
+    float32, rounded to the input dtype, then scaled by the weight. F.rms_norm on bf16 input computes in float32 and
+    rounds once, so it is the first two steps in one op (tested against HF's module)."""
     if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-    return F.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon).to(x.dtype) * norm.weight
+        return F.rms_norm(x, (size,), norm.weight, norm.variance_epsilon)
+    return F.rms_norm(x, (size,), None, norm.variance_epsilon) * norm.weight
 
 
 class DecoderLayer:
@@ -160,17 +160,18 @@ STATES_KEPT = 2  # per-shape decode states (KV buffers + trace) kept for the nex
 
 
 class DecodeState:
-    """What decoding batches of one shape needs: per layer K and V buffers [B, kv_heads, slots, d], RoPE tables,
-    the additive key mask [B, 1, 1, slots] and the decode step (traced once for the shape when the kernel allows)."""
+    """What decoding batches of one shape needs: per layer one K-and-V buffer [B, 2 kv_heads, slots, d] (keys in
+    the first half of dim 1, values in the second), the RoPE tables over all q/k/v heads, the additive key mask
+    [B, 1, 1, slots] and the decode step (traced once for the shape when the kernel allows)."""
 
     def __init__(self, decoder: "FastDecoder", batch: int, slots: int):
         param = next(decoder.model.parameters())
-        shape = (batch, decoder.kv_heads, slots, decoder.head_dim)
+        kv = decoder.kv_heads
         # zeros, then only finite values: a masked slot (unwritten, a pad, or the last call's) adds 0 x finite
-        self.keys = [param.new_zeros(shape) for _ in decoder.layers]
-        self.values = [param.new_zeros(shape) for _ in decoder.layers]
+        self.cache = [param.new_zeros(batch, 2 * kv, slots, decoder.head_dim) for _ in decoder.layers]
         self.cos, self.sin = decoder.rope_tables(slots, param)
         self.mask = param.new_zeros(batch, 1, 1, slots)
+        self.batch = batch
         self.step: Callable | None = None
 
 
@@ -196,7 +197,7 @@ class FastDecoder:
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.layers = [DecoderLayer(layer, self.kernel) for layer in inner.layers]
         self.head = Projection([model.lm_head], self.kernel)
-        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.heads, self.kv_heads, self.hidden = c.num_attention_heads, c.num_key_value_heads, c.hidden_size
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         eos = model.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -204,39 +205,50 @@ class FastDecoder:
         self.states: dict[tuple[int, int], DecodeState] = {}
 
     def rope_tables(self, slots: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and the sign-folded sin ([-sin, sin] over the two halves) of positions 0..slots-1, from the model's
-        own rotary module (its scaling types included), in the model dtype: [slots, d]."""
+        """RoPE as ``y cos + roll(y) sin'`` over all h + 2 kv heads of the q/k/v output at positions 0..slots-1, from
+        the model's own rotary module (its scaling types included), in the model dtype: [slots, h + 2 kv, d] each.
+        sin' is [-sin, sin] over the two halves (HF's rotate_half); the value heads get cos 1 and sin 0, which leaves
+        them as they are, so one pass serves all heads and K and V leave it side by side."""
         cos, sin = (t[0] for t in self.rotary(like, torch.arange(slots, dtype=torch.long)[None]))
-        half = self.head_dim // 2
-        return cos, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        half, rotated, kept = self.head_dim // 2, self.heads + self.kv_heads, self.kv_heads
+        sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+        cos = torch.cat((cos[:, None].expand(-1, rotated, -1), torch.ones_like(cos)[:, None].expand(-1, kept, -1)), 1)
+        sin = torch.cat((sin[:, None].expand(-1, rotated, -1), torch.zeros_like(sin)[:, None].expand(-1, kept, -1)), 1)
+        return cos, sin
 
     def forward(self, state: DecodeState, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """The last position's logits (float32) of ids [B, L] at RoPE positions [B, L], their K and V written to
-        ``slots`` [L]; mask: additive [B, 1, L or 1, all slots], each query position's row repeated h / kv times when
-        L > 1 (the query rows of a group, see below)."""
-        B, L = ids.shape
+                mask: torch.Tensor, length: int) -> torch.Tensor:
+        """The last position's logits (float32) of ids [B, L = length] at RoPE positions [B, L], their K and V
+        written to ``slots`` [L]; mask: additive [B, 1, L or 1, all slots], each query position's row repeated
+        h / kv times when L > 1 (the query rows of a group, see below).
+
+        Written for the fewest ops a layer, as the trace replays them one by one: shapes are plain ints (the batch
+        from the state, L passed in), so the trace holds no size arithmetic; ``narrow``, not ``[:, :, a:b]``
+        (one op, not one per dimension)."""
+        B, L = state.batch, length
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        cos, sin = state.cos[positions][:, :, None], state.sin[positions][:, :, None]  # [B, L, 1, d]
+        rows, hidden = B * L, self.hidden
+        cos, sin = state.cos[positions], state.sin[positions]  # [B, L, h + 2 kv, d]
         x = self.embed(ids)
-        for layer, keys, values in zip(self.layers, state.keys, state.values):
+        for layer, cache in zip(self.layers, state.cache):
             # contiguous: the flash kernel, called by name, reads rows as if their last stride were 1 (mm_t's output
             # is transposed; passing it as is gave different bits run to run)
-            y = layer.qkv.stacked(rms_norm(x, layer.input_norm).view(B * L, -1))
-            y = y.reshape(B, L, h + 2 * kv, d).contiguous()
-            # RoPE on q and k together, HF's half-split convention: x cos + [x2, x1] [-sin, sin]; roll gives [x2, x1]
-            qk = y[:, :, : h + kv]
-            qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
-            keys.index_copy_(2, slots, qk[:, :, h:].transpose(1, 2))
-            values.index_copy_(2, slots, y[:, :, h + kv :].transpose(1, 2))
+            y = layer.qkv.stacked(rms_norm(x, layer.input_norm, hidden).view(rows, -1))
+            y = y.reshape(B, L, -1, d).contiguous()
+            # RoPE, HF's half-split convention: x cos + [x2, x1] [-sin, sin]; roll gives [x2, x1]
+            y = torch.addcmul(y * cos, y.roll(d // 2, dims=-1), sin)
+            # keys and values taken from index_copy_'s result: the trace drops an in-place write nothing reads after
+            cache = cache.index_copy_(2, slots, y.narrow(2, h, 2 * kv).transpose(1, 2))
+            keys, values = cache.narrow(1, 0, kv), cache.narrow(1, kv, kv)
             # grouped-query attention as plain attention over the kv heads: the h / kv query heads of a group (HF's
             # repeat_kv order) become h / kv times the query rows
-            q = qk[:, :, :h].transpose(1, 2).reshape(B, kv, h // kv * L, d)
+            q = y.narrow(2, 0, h).transpose(1, 2).reshape(B, kv, h // kv * L, d)
             out = flash_attention(q, keys, values, attn_mask=mask)[0].view(B, h, L, d)
-            x = x + layer.o.stacked(out.transpose(1, 2).reshape(B * L, h * d)).reshape(B, L, -1)
-            gate, up = layer.gate_up(rms_norm(x, layer.post_norm).view(B * L, -1))
-            x = x + layer.down.stacked(F.silu(gate) * up).reshape(B, L, -1)
-        return self.head.stacked(rms_norm(x[:, -1], self.norm)).float()
+            x = x + layer.o.stacked(out.transpose(1, 2).reshape(rows, h * d)).view(B, L, -1)
+            gate_up = layer.gate_up.stacked(rms_norm(x, layer.post_norm, hidden).view(rows, -1))
+            gate, up = (gate_up.narrow(1, start, n) for start, n in layer.gate_up.spans)
+            x = x + layer.down.stacked(F.silu(gate) * up).view(B, L, -1)
+        return self.head.stacked(rms_norm(x.select(1, L - 1), self.norm, hidden)).float()
 
     def _state(self, batch: int, width: int, max_new_tokens: int) -> DecodeState:
         slots = -(-(width + max_new_tokens) // SLOT_BUCKET) * SLOT_BUCKET
@@ -249,7 +261,7 @@ class FastDecoder:
 
     def _decode_step(self, state: DecodeState) -> Callable:
         """The one-token step for this state's shape: traced at its first use when the kernel allows."""
-        eager = lambda ids, pos, slot, mask: self.forward(state, ids, pos, slot, mask)  # noqa: E731
+        eager = lambda ids, pos, slot, mask: self.forward(state, ids, pos, slot, mask, 1)  # noqa: E731
         if state.step is None:
             if self.trace:
                 B = state.mask.shape[0]
@@ -285,7 +297,7 @@ class FastDecoder:
         prefill = mask.expand(B, 1, W, -1).masked_fill(causal, float("-inf"))
         prefill[..., torch.arange(W), torch.arange(W)] = 0.0
         prefill = prefill.repeat(1, 1, self.heads // self.kv_heads, 1)  # per query row of a group (forward)
-        logits = self.forward(state, input_ids, prompt_pos, torch.arange(W), prefill)
+        logits = self.forward(state, input_ids, prompt_pos, torch.arange(W), prefill, W)
         seqs = torch.full((B, total), pad_token_id, dtype=torch.long)
         seqs[:, :W] = input_ids
         done = torch.zeros(B, dtype=torch.bool)

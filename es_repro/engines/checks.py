@@ -22,8 +22,8 @@ def check(cfg) -> None:
                           "decode reads the weights itself); set one of them to auto/off")
     one_of("generation.fast_decode", g.fast_decode, FAST_DECODE)
     one_of("generation.linear_kernel", g.linear_kernel, LINEAR_KERNELS)
-    if g.fast_decode == "on" and ruled_out_by_settings(cfg):
-        raise ConfigError(f"generation.fast_decode=on cannot run with {ruled_out_by_settings(cfg)}: it runs full-rank "
+    if g.fast_decode == "on" and (setting := ruled_out_by_settings(cfg)):
+        raise ConfigError(f"generation.fast_decode=on cannot run with {setting}: it runs full-rank "
                           f"members with generation.cache=dynamic and generation.compile=auto/off; set "
                           f"generation.fast_decode=auto or off")
     if g.repetition_penalty is not None:
